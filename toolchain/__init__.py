@@ -1,0 +1,3 @@
+"""liar-export compression stage: structured pruning + LIAR reconstruction."""
+
+__version__ = "0.1.0"
