@@ -1,0 +1,173 @@
+"""Turn per-channel scores into a PruningPlan under one block-parameter budget.
+
+Units of removal, per layer, in the order they would be removed:
+  * FFN: the lowest-scoring channels, in steps that keep the width a multiple
+    of `round_to` (quantisation-friendly rows in the exported ffn_down);
+  * attention, GQA-aware:
+      - `per-group`: the r-th weakest query head of *every* KV group at once,
+        so each kept KV head serves the same number of query heads;
+      - `groups`: a whole KV group (its query heads and the K/V head).
+    With one query head per KV head (MHA) both are "drop a head and its K/V".
+Every layer keeps at least one attention unit and `round_to` FFN channels, so
+no layer ever becomes one the runtimes cannot represent (DESIGN.md §5).
+
+Allocation:
+  * `uniform`: the same number of attention units and the same FFN width in
+    every layer, chosen so the total comes closest to the target;
+  * `global`: FLAP's adaptive structure — channel scores standardised within
+    each layer and module, units ranked by their mean standardised score across
+    all layers, and the lowest removed until the cumulative parameter cost is
+    closest to the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+from .plan import LayerPlan, PruningPlan
+
+HEAD_UNITS = ("auto", "per-group", "groups")
+ALLOCATIONS = ("uniform", "global")
+
+
+@dataclass
+class Unit:
+    layer: int
+    kind: str  # "attn" | "ffn"
+    rank: int  # position in the layer's removal order
+    z: float  # mean standardised score (global allocation)
+    cost: int  # block parameters removed
+    heads: tuple[int, ...] = ()
+    kv_heads: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
+
+
+def _attn_units(layer: int, scores: torch.Tensor, plan: PruningPlan, mode: str) -> list[Unit]:
+    d, hid, g = plan.head_dim, plan.hidden_size, plan.group_size
+    z = _standardise(scores).view(plan.num_heads, d).mean(1)
+    raw = scores.view(plan.num_heads, d).sum(1)
+    units = []
+    if mode == "groups":
+        group_raw = raw.view(plan.num_kv_heads, g).sum(1)
+        order = sorted(range(plan.num_kv_heads), key=lambda k: (group_raw[k].item(), k))
+        for r, kv in enumerate(order[:-1]):
+            heads = tuple(range(kv * g, (kv + 1) * g))
+            units.append(Unit(layer, "attn", r, z[list(heads)].mean().item(),
+                              (2 * g + 2) * d * hid, heads=heads, kv_heads=(kv,)))
+    else:
+        per_group = [sorted(range(k * g, (k + 1) * g), key=lambda h: (raw[h].item(), h))
+                     for k in range(plan.num_kv_heads)]
+        for r in range(g - 1):
+            heads = tuple(sorted(grp[r] for grp in per_group))
+            units.append(Unit(layer, "attn", r, z[list(heads)].mean().item(),
+                              2 * len(heads) * d * hid, heads=heads))
+    return units
+
+
+def ffn_widths(size: int, round_to: int) -> list[int]:
+    """Allowed kept widths, largest first: the dense size, then multiples of round_to."""
+    return [size] + [w for w in range((size - 1) // round_to * round_to, 0, -round_to)]
+
+
+def _ffn_units(layer: int, scores: torch.Tensor, plan: PruningPlan, round_to: int) -> list[Unit]:
+    z = _standardise(scores)
+    order = sorted(range(len(scores)), key=lambda j: (scores[j].item(), j))
+    widths = ffn_widths(plan.intermediate_size, round_to)
+    units, start = [], 0
+    for r, (hi, lo) in enumerate(zip(widths, widths[1:])):
+        chans = tuple(order[start:start + hi - lo])
+        units.append(Unit(layer, "ffn", r, z[list(chans)].mean().item(),
+                          3 * len(chans) * plan.hidden_size, channels=chans))
+        start += hi - lo
+    return units
+
+
+def _plan_from_removed(dense: PruningPlan, removed: list[list[Unit]]) -> PruningPlan:
+    layers = []
+    for lp, units in zip(dense.layers, removed):
+        heads = set().union(*(u.heads for u in units)) if units else set()
+        kv = set().union(*(u.kv_heads for u in units)) if units else set()
+        ch = set().union(*(u.channels for u in units)) if units else set()
+        layers.append(LayerPlan([h for h in lp.heads if h not in heads],
+                                [k for k in lp.kv_heads if k not in kv],
+                                [c for c in lp.channels if c not in ch]))
+    plan = PruningPlan(dense.num_heads, dense.num_kv_heads, dense.head_dim, dense.hidden_size,
+                       dense.intermediate_size, layers)
+    plan.validate()
+    return plan
+
+
+def resolve_head_unit(mode: str, plan: PruningPlan) -> str:
+    if mode not in HEAD_UNITS:
+        raise UserError(f"--head-unit must be one of {', '.join(HEAD_UNITS)}")
+    if mode == "auto":
+        return "groups" if plan.group_size == 1 else "per-group"
+    return mode
+
+
+def allocate(dense: PruningPlan, attn_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor],
+             sparsity: float, allocation: str = "global", round_to: int = 32,
+             head_unit: str = "auto") -> PruningPlan:
+    """Choose what to remove so that ~`sparsity` of block parameters go.
+
+    `attn_scores[l]` scores the o_proj inputs of layer l (num_heads × head_dim),
+    `ffn_scores[l]` the down_proj inputs (intermediate_size).
+    """
+    if not 0 <= sparsity < 1:
+        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
+    if round_to < 1:
+        raise UserError(f"--round-to must be a positive integer (got {round_to})")
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}")
+    mode = resolve_head_unit(head_unit, dense)
+    attn = [_attn_units(i, s, dense, mode) for i, s in enumerate(attn_scores)]
+    ffn = [_ffn_units(i, s, dense, round_to) for i, s in enumerate(ffn_scores)]
+    target = sparsity * dense.block_params()
+    if allocation == "uniform":
+        removed = _uniform(attn, ffn, target, sparsity)
+    else:
+        removed = _global(attn, ffn, target)
+    return _plan_from_removed(dense, removed)
+
+
+def _uniform(attn: list[list[Unit]], ffn: list[list[Unit]], target: float,
+             sparsity: float) -> list[list[Unit]]:
+    """Same attention cut and FFN width everywhere; FFN absorbs the rounding."""
+    n_layers = len(attn)
+    n_attn_units = len(attn[0]) + 1  # removable units + the one always kept
+    n_a = min(round(sparsity * n_attn_units), len(attn[0]))
+    attn_cost = sum(u.cost for u in attn[0][:n_a]) * n_layers
+    best_k, best_err = 0, float("inf")
+    cum = 0
+    for k in range(len(ffn[0]) + 1):
+        err = abs(attn_cost + cum * n_layers - target)
+        if err < best_err:
+            best_k, best_err = k, err
+        if k < len(ffn[0]):
+            cum += ffn[0][k].cost
+    return [a[:n_a] + f[:best_k] for a, f in zip(attn, ffn)]
+
+
+def _global(attn: list[list[Unit]], ffn: list[list[Unit]], target: float) -> list[list[Unit]]:
+    """Lowest standardised score first; stop where the removed cost is closest to target."""
+    units = sorted((u for layer in attn + ffn for u in layer),
+                   key=lambda u: (u.z, u.kind, u.layer, u.rank))
+    best_n, best_err, cum = 0, abs(target), 0
+    for n, u in enumerate(units, 1):
+        cum += u.cost
+        if abs(cum - target) < best_err:
+            best_n, best_err = n, abs(cum - target)
+        if cum > target:
+            break
+    removed: list[list[Unit]] = [[] for _ in attn]
+    for u in units[:best_n]:
+        removed[u.layer].append(u)
+    return removed
