@@ -1,0 +1,133 @@
+"""`export_onnx`: one directory per export, written atomically.
+
+Layout of OUT/:
+    model.onnx          the decoder graph (+ model.onnx.data when weights > 2 GB)
+    io.json             inputs / outputs, per-layer KV heads and widths, quant,
+                        source, plan / recipe, verification numbers
+    tokenizer files     tokenizer.json, tokenizer_config.json, ...
+The directory only appears once export, quantisation and verification have
+all succeeded, so a directory that exists is a finished, verified artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from toolchain.atomic import atomic_path
+from toolchain.errors import UserError
+from toolchain.models import LoadedModel
+from toolchain.perplexity import encode
+
+from . import iospec
+from .quantize import ONNX_QUANTS, quantize
+from .runtime import OnnxDecoder
+from .verify import verify as run_verification
+from .wrapper import head_dim, kv_heads, trace_to_onnx
+
+PROTOBUF_LIMIT = 2 * 1024**3
+# Protobuf overhead (graph, shapes) rides on top of the weights: switch early.
+EXTERNAL_DATA_ABOVE = int(PROTOBUF_LIMIT * 0.9)
+VERIFY_WINDOWS = 4
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[onnx] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_args(loaded: LoadedModel, out_dir: Path, quant: str) -> None:
+    if quant not in ONNX_QUANTS:
+        raise UserError(f"unknown ONNX quantisation {quant!r}: choose one of {', '.join(ONNX_QUANTS)}")
+    if out_dir.suffix == ".onnx":
+        raise UserError(f"-o {out_dir}: ONNX export writes a directory (OUT/model.onnx + io.json + "
+                        "tokenizer); pass a directory name without .onnx")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"-o {out_dir} exists and is not a directory")
+    dtype = next(loaded.model.parameters()).dtype
+    if dtype != torch.float32:
+        raise UserError(f"ONNX export needs the model in float32 (it is {dtype}); load it with "
+                        "dtype=torch.float32")
+
+
+def _layers(model: torch.nn.Module) -> list[dict]:
+    """Per-layer widths from the module shapes (a dense model has no liar_layers)."""
+    from toolchain.surgery import layer_widths
+
+    return layer_widths(model)
+
+
+def _io_json(loaded: LoadedModel, quant: str, external: bool, recipe: dict | None) -> dict:
+    model, cfg = loaded.model, loaded.model.config
+    kv = kv_heads(model)
+    return {"format": iospec.FORMAT, "version": iospec.FORMAT_VERSION,
+            "model_file": iospec.MODEL_FILE,
+            "external_data": iospec.DATA_FILE if external else None,
+            "quant": quant, "dtype": "float32", "model_type": cfg.model_type,
+            "num_layers": len(kv), "head_dim": head_dim(model), "hidden_size": cfg.hidden_size,
+            "vocab_size": cfg.vocab_size, "rope_theta": getattr(cfg, "rope_theta", None),
+            "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": getattr(cfg, "pad_token_id", None),
+            "layers": _layers(model),
+            **iospec.describe(kv, head_dim(model), cfg.vocab_size),
+            "source": loaded.source, "plan": loaded.meta.get("plan"),
+            "recipe": recipe if recipe is not None else loaded.meta.get("recipe")}
+
+
+def _sizes(out_dir: Path) -> dict:
+    return {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+
+
+def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe: dict | None = None,
+                verify: bool = True, verify_text: str | None = None, verify_seqlen: int = 256,
+                progress: bool = True, verify_windows: int = VERIFY_WINDOWS) -> dict:
+    """Export `loaded` to the directory `out_path` (model.onnx, io.json, tokenizer).
+
+    Returns a summary: paths, bytes, quant and (when `verify`) the verification
+    numbers. Raises UserError on bad arguments and VerificationError when the
+    exported graph disagrees with PyTorch; in both cases nothing is left at
+    `out_path`.
+    """
+    out_dir = Path(out_path)
+    _check_args(loaded, out_dir, quant)
+    model = loaded.model.eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = weight_bytes > EXTERNAL_DATA_ABOVE
+    t0 = time.perf_counter()
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        onnx_file = tmp / iospec.MODEL_FILE
+        float_dir = tmp / ".float" if quant != "none" else tmp
+        float_dir.mkdir(exist_ok=True)
+        _log(progress, f"tracing {len(kv_heads(model))} layers (KV heads {kv_heads(model)}) to ONNX")
+        trace_to_onnx(model, float_dir / iospec.MODEL_FILE, external)
+        if quant != "none":
+            _log(progress, f"quantising weights to {quant}")
+            quantize(float_dir / iospec.MODEL_FILE, onnx_file, quant, external)
+            shutil.rmtree(float_dir)
+        loaded.tokenizer.save_pretrained(tmp)
+        io = _io_json(loaded, quant, external, recipe)
+        summary: dict = {"format": "onnx", "quant": quant, "external_data": external}
+        if verify:
+            from toolchain.texts import heldout_text
+
+            _log(progress, f"verifying against PyTorch (seqlen {verify_seqlen}, "
+                           f"{verify_windows} windows)")
+            ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
+            summary["verification"] = run_verification(model, OnnxDecoder(onnx_file), ids, quant,
+                                                       verify_seqlen, verify_windows)
+            io["verification"] = summary["verification"]
+        (tmp / iospec.IO_FILE).write_text(json.dumps(io, indent=1, default=str) + "\n")
+        files = _sizes(tmp)
+    summary.update(path=str(out_dir / iospec.MODEL_FILE), dir=str(out_dir),
+                   io_json=str(out_dir / iospec.IO_FILE), files=files,
+                   bytes=sum(files.values()),
+                   model_bytes=sum(v for k, v in files.items() if k.startswith(iospec.MODEL_FILE)),
+                   seconds=round(time.perf_counter() - t0, 1))
+    _log(progress, f"wrote {out_dir} ({summary['model_bytes'] / 1e6:.1f} MB model)")
+    return summary
