@@ -1,0 +1,16 @@
+"""GGUF exporter: pruned (per-layer widths) or dense Llama-family models that
+llama.cpp loads, quantises and runs, verified against PyTorch.
+
+    from exporters.gguf import export_gguf, QUANTS, DEFAULT_QUANT
+    summary = export_gguf(loaded, "model.gguf", quant="q8_0")
+
+Modules: quants (types and tolerances), hparams (llama/deci and `{arch}.*`
+keys), tensors (names, rope permutation), tokenizer, metadata (`general.*`),
+writer (the gguf file), quantize (llama.cpp quantiser, fallbacks), verify,
+export (the whole flow).
+"""
+
+from .export import export_gguf
+from .quants import DEFAULT_QUANT, QUANTS
+
+__all__ = ["export_gguf", "QUANTS", "DEFAULT_QUANT"]

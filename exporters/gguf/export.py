@@ -1,0 +1,90 @@
+"""`export_gguf`: write, quantise, verify, then publish atomically.
+
+The file is verified *before* it is renamed into place, so `out_path` only ever
+holds a verified artifact (or, with verify=False, a complete unverified one).
+A file that fails verification is kept for inspection as `OUT.failed` — a name
+no tool mistakes for a model to ship — and any previous `out_path` is left
+untouched; VerificationError then carries the summary as `.summary`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from toolchain.atomic import atomic_path
+from toolchain.errors import UserError, VerificationError
+from toolchain.texts import heldout_text
+
+from .quantize import find_fallbacks, llama_quantize, report_fallbacks, tensor_types
+from .quants import DEFAULT_QUANT, QUANT_SPECS, QuantSpec, quant_spec
+from .verify import verify_gguf
+from .writer import write_gguf
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _write(loaded, tmp: Path, spec: QuantSpec, recipe: dict | None, progress: bool,
+           n_threads: int | None) -> dict:
+    """Write `tmp` at `spec`: directly, or via an F32 intermediate and llama.cpp's quantiser."""
+    if not spec.via_llama:
+        return write_gguf(loaded, tmp, spec, recipe, progress)
+    fd, name = tempfile.mkstemp(prefix=f".{tmp.name}.f32-", dir=tmp.parent)
+    os.close(fd)
+    intermediate = Path(name)
+    try:
+        info = write_gguf(loaded, intermediate, QUANT_SPECS["f32"], recipe, progress)
+        _say(progress, f"quantising to {spec.name} with llama.cpp")
+        llama_quantize(intermediate, tmp, spec, n_threads)
+        return info
+    finally:
+        intermediate.unlink(missing_ok=True)
+
+
+def export_gguf(loaded, out_path: str | Path, quant: str = DEFAULT_QUANT,
+                recipe: dict | None = None, verify: bool = True, verify_text: str | None = None,
+                verify_seqlen: int = 256, progress: bool = True, verify_windows: int = 4,
+                n_threads: int | None = None) -> dict:
+    """Export `loaded` (dense or pruned) to a GGUF file llama.cpp runs; returns a JSON-able summary.
+
+    Uniform widths give a `llama` file, per-layer widths a `deci` file. The
+    recipe defaults to the checkpoint's own (`loaded.meta["recipe"]`).
+    Verification runs `verify_windows` windows of `verify_seqlen` tokens of
+    `verify_text` (default: the held-out legal text) through both runtimes.
+    """
+    spec = quant_spec(quant)
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise UserError(f"output {out_path} is a directory: give a file name such as model.gguf")
+    if recipe is None:
+        recipe = loaded.meta.get("recipe")
+    failed_path = out_path.with_name(out_path.name + ".failed")
+    with atomic_path(out_path) as tmp:
+        _say(progress, f"writing {out_path} ({spec.name})")
+        info = _write(loaded, tmp, spec, recipe, progress, n_threads)
+        fallbacks = find_fallbacks(tmp, spec)
+        report_fallbacks(fallbacks, spec)
+        summary = {"path": str(out_path), "bytes": tmp.stat().st_size,
+                   "architecture": info["architecture"], "quant": spec.name,
+                   "pruned": info["pruned"], "tokenizer_source": info["tokenizer_source"],
+                   "tensor_types": tensor_types(tmp), "fallbacks": fallbacks,
+                   "widths": info["widths"]}
+        if verify:
+            _say(progress, "verifying against PyTorch (llama.cpp, F32 KV cache)")
+            text = verify_text if verify_text is not None else heldout_text()
+            summary.update(verify_gguf(loaded, tmp, spec, text, verify_seqlen, verify_windows,
+                                       n_threads))
+            if not summary["passed"]:
+                os.replace(tmp, failed_path)
+                summary["path"] = str(failed_path)
+                err = VerificationError(f"GGUF verification failed ({'; '.join(summary['failures'])}); "
+                                        f"the file was kept as {failed_path}")
+                err.summary = summary
+                raise err
+    failed_path.unlink(missing_ok=True)  # a stale failure from an earlier run no longer applies
+    return summary

@@ -1,0 +1,95 @@
+"""llama-cpp-python runtime helpers: open a GGUF safely and read its logits.
+
+Shared by the GGUF exporter's verification, `liar-eval FILE.gguf` and the
+benchmarks, so every number that comes out of llama.cpp is measured the same
+way: F32 KV cache (the default F16 cache alone costs ~6e-3 in |Δlogit|),
+logits for every position (`logits_all=True`), one window per `reset()`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from toolchain.errors import UserError
+from toolchain.perplexity import LogitsFn, perplexity
+
+GGML_TYPE_F32 = 0  # llama.cpp's enum value for an F32 KV cache
+
+
+def check_gguf_file(path: str | Path) -> None:
+    """Reject a missing, truncated or non-GGUF file with one clear line.
+
+    llama.cpp itself may abort the process or only print to stderr on such
+    files, so the header and the tensor data extent are checked with the
+    `gguf` reader before llama.cpp ever sees the file.
+    """
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"GGUF file {path} does not exist")
+    size = path.stat().st_size
+    try:
+        reader = gguf.GGUFReader(path)
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # the reader fails in many ways on a broken file
+        raise UserError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); "
+                        "re-export it or re-download it") from None
+    if not reader.tensors:
+        raise UserError(f"{path} holds no tensors: it is not a model file")
+    if end > size:
+        raise UserError(f"{path} is truncated ({size} bytes, its tensors need {end}); "
+                        "re-export it or re-download it")
+
+
+def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None,
+               logits_all: bool = True):
+    """A `llama_cpp.Llama` with an F32 KV cache, after checking the file."""
+    from llama_cpp import Llama
+
+    check_gguf_file(path)
+    try:
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                     n_threads=n_threads or os.cpu_count(), logits_all=logits_all,
+                     type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"llama.cpp cannot load {path}: {e}") from None
+
+
+def llama_logits_fn(llm) -> LogitsFn:
+    """Logits of one window of ids (row i predicts token i+1), fresh context each call."""
+
+    def fn(window: Sequence[int]) -> np.ndarray:
+        if len(window) > llm.n_ctx():
+            raise UserError(f"window of {len(window)} tokens exceeds the context of {llm.n_ctx()}")
+        llm.reset()
+        llm.eval(list(window))
+        return np.array(llm.scores[: len(window)], dtype=np.float32)
+
+    return fn
+
+
+def llama_tokenize(llm, text: str) -> list[int]:
+    """The GGUF's own tokenizer, no BOS and no special-token parsing (as `encode`)."""
+    return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+def gguf_perplexity(path: str | Path, text: str, seqlen: int, n_threads: int | None = None,
+                    max_windows: int | None = None, progress: bool = False) -> dict:
+    """Perplexity of a GGUF file through llama.cpp, tokenised by the file itself.
+
+    Same protocol as the PyTorch path (`toolchain.perplexity.perplexity`), so a
+    file needs no Hugging Face tokenizer files next to it to be evaluated.
+    """
+    llm = open_llama(path, n_ctx=seqlen, n_threads=n_threads)
+    try:
+        ids = llama_tokenize(llm, text)
+        result = perplexity(llama_logits_fn(llm), ids, seqlen, max_windows=max_windows,
+                            progress=progress)
+    finally:
+        llm.close()
+    return {**result, "backend": "llama.cpp", "path": str(path)}
