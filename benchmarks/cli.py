@@ -1,0 +1,160 @@
+"""`liar-bench`: run benchmarks, export dashboards, write reports, gate CI.
+
+    liar-bench run ARTIFACT... --baseline DENSE [--device cpu|cuda] [--threads N]
+                   [--prompt-tokens 128,512] [--gen-tokens 128] [--repeats N] [--text FILE]
+                   -o RESULTS.json
+    liar-bench export-dashboard RESULTS.json --format github-action-benchmark|csv [-o FILE]
+    liar-bench report RESULTS.json... -o DIR
+    liar-bench compare OLD.json NEW.json [--threshold 0.10]
+
+Exit codes (toolchain/errors.py): 0 ok, 1 internal error, 2 bad input,
+4 regression beyond the threshold (compare), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from toolchain.atomic import atomic_path
+from toolchain.cliutil import quiet_libraries, run_main
+from toolchain.errors import RegressionError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become UserError (exit 2, one line)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="liar-bench", description="Latency, memory and quality of pruned vs dense "
+                "artifacts in llama.cpp, onnxruntime and PyTorch.")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="benchmark artifacts against a dense baseline")
+    r.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                   help=".gguf file, ONNX export directory or .onnx file, checkpoint or HF directory")
+    r.add_argument("--baseline", action="append", required=True, metavar="DENSE",
+                   help="the dense model exported the same way; repeat it to give one per format / "
+                        "weight type (each artifact is paired with the matching one)")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--threads", type=int, default=0, help="threads per runtime (default: usable cores)")
+    r.add_argument("--prompt-tokens", type=_int_list, default=[128, 512], metavar="N,N",
+                   help="prefill lengths (default 128,512); decode starts after the smallest")
+    r.add_argument("--gen-tokens", type=int, default=128, help="tokens decoded per repeat (default 128)")
+    r.add_argument("--repeats", type=int, default=5, help="worker processes per artifact (default 5)")
+    r.add_argument("--warmup", type=int, default=1, help="warm-up passes per worker (default 1)")
+    r.add_argument("--text", metavar="FILE", help=".txt or .jsonl for prompts and perplexity "
+                                                  "(default: the built-in held-out legal prose)")
+    r.add_argument("--ppl-seqlen", type=int, default=256, help="perplexity window (default 256)")
+    r.add_argument("--ppl-windows", type=int, default=8, help="perplexity windows, 0 = all (default 8)")
+    r.add_argument("--no-quality", action="store_true", help="skip perplexity")
+    r.add_argument("--no-pin", action="store_true", help="do not pin workers to the first N cores")
+    r.add_argument("-o", "--output", required=True, metavar="RESULTS.json")
+
+    d = sub.add_parser("export-dashboard", help="github-action-benchmark JSON or CSV")
+    d.add_argument("results", metavar="RESULTS.json")
+    d.add_argument("--format", choices=("github-action-benchmark", "csv"), required=True)
+    d.add_argument("--direction", choices=("smaller", "bigger"), default="smaller",
+                   help="github-action-benchmark: customSmallerIsBetter (default) or customBiggerIsBetter")
+    d.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+
+    rep = sub.add_parser("report", help="PNG plots and a self-contained HTML page")
+    rep.add_argument("results", nargs="+", metavar="RESULTS.json", help="oldest first for the history plot")
+    rep.add_argument("-o", "--output", required=True, metavar="DIR")
+
+    c = sub.add_parser("compare", help="CI gate: exit 4 when a gated metric regressed")
+    c.add_argument("old", metavar="OLD.json")
+    c.add_argument("new", metavar="NEW.json")
+    c.add_argument("--threshold", type=float, default=0.10,
+                   help="allowed relative worsening, e.g. 0.10 = 10%% (default)")
+    return p
+
+
+def _write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .runner import Settings, run_benchmark
+    from .schema import save_results
+
+    settings = Settings(device=a.device, threads=a.threads, prompt_tokens=a.prompt_tokens,
+                        gen_tokens=a.gen_tokens, repeats=a.repeats, warmup=a.warmup, text_path=a.text,
+                        ppl_seqlen=a.ppl_seqlen, ppl_windows=a.ppl_windows, quality=not a.no_quality,
+                        pin=not a.no_pin)
+    doc = run_benchmark(a.artifacts, a.baseline, settings)
+    save_results(doc, a.output)
+    from .tables import markdown_table
+
+    print(markdown_table(doc))
+    print(f"[liar-bench] wrote {a.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .dashboard import export
+    from .schema import load_results
+
+    text = export(load_results(a.results), a.format, a.direction)
+    if a.output:
+        _write_text(a.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+    from .schema import load_results
+
+    docs = [load_results(p) for p in a.results]
+    index = write_report(docs, a.output)
+    print(f"[liar-bench] wrote {index}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import compare, format_table, regressions
+    from .schema import load_results
+
+    changes = compare(load_results(a.old), load_results(a.new), a.threshold)
+    print(format_table(changes, a.threshold))
+    bad = regressions(changes)
+    if bad:
+        worst = max(bad, key=lambda c: c.worse_by)
+        raise RegressionError(f"{len(bad)} metric(s) regressed beyond {a.threshold:.0%}; worst: "
+                              f"{worst.artifact} {worst.metric} {worst.worse_by:+.1%}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "export-dashboard": cmd_export, "report": cmd_report, "compare": cmd_compare}
+
+
+def _main(argv: Sequence[str]) -> int:
+    quiet_libraries()
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("liar-bench", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
