@@ -36,7 +36,9 @@ in bytes)::
           "prefill": {"<prompt tokens>": {"tokens_per_s": Summary}},
           "decode": {"latency_ms": Summary,  # per generated token, pooled over repeats
                      "tokens_per_s": Summary, "prompt_tokens": int, "gen_tokens": int},
-          "memory": {"peak_rss_bytes": Summary, "peak_gpu_bytes": Summary | null},
+          "memory": {"peak_rss_bytes": Summary,   # whole worker process (getrusage)
+                     "model_rss_bytes": Summary,  # peak minus RSS after the runtime was imported
+                     "peak_gpu_bytes": Summary | null},  # CUDA only (see benchmarks.gpu)
           "quality": {"perplexity": float, "nll": float, "tokens": int,
                       "windows": int, "seqlen": int} | null,
           "ratios": {                      # null for baselines; >1 means better than baseline
@@ -45,6 +47,8 @@ in bytes)::
             "ideal_decode_speedup": float, # baseline bytes_per_token / this bytes_per_token
             "decode_efficiency": float,    # decode_speedup / ideal_decode_speedup
             "memory_reduction": float,     # baseline peak RSS / this peak RSS
+            "model_memory_reduction": float,  # same on model_rss_bytes
+            "gpu_memory_reduction": float, # only when both have peak_gpu_bytes
             "size_reduction": float,       # baseline artifact bytes / this artifact bytes
             "perplexity_ratio": float | null,  # this / baseline (>1 means worse)
             "block_sparsity": float        # 1 - block parameters / baseline block parameters
