@@ -187,10 +187,12 @@ class Compressor:
         return allocate(one, [a], [f], self.opts.sparsity, "uniform", self.opts.round_to,
                         self.opts.head_unit).layers[0]
 
-    def run(self) -> CompressResult:
+    def run(self, dense_stats: list[tuple[InputStats, InputStats]] | None = None) -> CompressResult:
+        """Prune and reconstruct in place. `dense_stats` (from `collect_stats`, one-shot
+        mode only) lets several recipes share one statistics pass over the same model."""
         start = time.perf_counter()
         if self.opts.mode == "oneshot":
-            used = self._oneshot()
+            used = self._oneshot(dense_stats)
         else:
             used = self._sequential()
         record_widths(self.model)
@@ -206,29 +208,39 @@ class Compressor:
         layer.mlp.down_proj, used_d = reconstruct_oneshot(dense_down, lp.channels, d_st, m, r)
         return {"o_proj": used_o, "down_proj": used_d}
 
-    def _oneshot(self) -> list[dict]:
-        hidden = self.runner.hidden
-        immediate = self.plan is not None or self.opts.allocation == "uniform"
-        layer_plans: list[LayerPlan] = []
-        pending: list[tuple[InputStats, InputStats]] = []
+    def collect_stats(self, full: bool = True) -> list[tuple[InputStats, InputStats]]:
+        """Dense o_proj / down_proj input statistics of every layer (model unchanged)."""
+        hidden, stats = self.runner.hidden, []
+        for i in self._bar("statistics"):
+            o_st, d_st, hidden = self._layer_stats(self.layers[i].to(self.device), hidden, full)
+            stats.append((o_st, d_st))
+            self.layers[i].to("cpu")
+        return stats
+
+    def _oneshot(self, dense_stats: list[tuple[InputStats, InputStats]] | None) -> list[dict]:
+        full = self.opts.reconstruct == "liar"
+        if dense_stats is None and (self.plan is not None or self.opts.allocation == "uniform"):
+            return self._oneshot_streaming(full)
+        stats = dense_stats or self.collect_stats(full)
+        self.plan = self.plan or self._plan_from_stats(stats)
         used = []
+        for i in self._bar("reconstruct"):
+            used.append(self._finish_layer_oneshot(self.layers[i], self.plan.layers[i], *stats[i]))
+            if dense_stats is None:
+                stats[i] = None  # free this layer's Gram matrices as we go
+        return used
+
+    def _oneshot_streaming(self, full: bool) -> list[dict]:
+        """Each layer finished right after its statistics: one layer's Gram matrices at a time."""
+        hidden, layer_plans, used = self.runner.hidden, [], []
         for i in self._bar("statistics"):
             layer = self.layers[i].to(self.device)
-            o_st, d_st, hidden = self._layer_stats(layer, hidden, full=self.opts.reconstruct == "liar")
-            if immediate:
-                lp = self.plan.layers[i] if self.plan else self._allocate_layer(i, layer, o_st, d_st)
-                layer_plans.append(lp)
-                used.append(self._finish_layer_oneshot(layer, lp, o_st, d_st))
-            else:
-                pending.append((o_st, d_st))
+            o_st, d_st, hidden = self._layer_stats(layer, hidden, full)
+            lp = self.plan.layers[i] if self.plan else self._allocate_layer(i, layer, o_st, d_st)
+            layer_plans.append(lp)
+            used.append(self._finish_layer_oneshot(layer, lp, o_st, d_st))
             self.layers[i].to("cpu")
-        if immediate:
-            self.plan = self.plan or self._assemble(layer_plans)
-            return used
-        self.plan = self._global_plan(pending)
-        for i in self._bar("reconstruct"):
-            used.append(self._finish_layer_oneshot(self.layers[i], self.plan.layers[i], *pending[i]))
-            pending[i] = None  # free this layer's Gram matrices as we go
+        self.plan = self.plan or self._assemble(layer_plans)
         return used
 
     def _assemble(self, layer_plans: list[LayerPlan]) -> PruningPlan:
@@ -237,28 +249,14 @@ class Compressor:
         plan.validate()
         return plan
 
-    def _global_plan(self, stats: list[tuple[InputStats, InputStats]]) -> PruningPlan:
-        attn, ffn = [], []
-        for layer, (o_st, d_st) in zip(self.layers, stats):
-            a, f = _scores(self.opts.criterion, layer, o_st, d_st, self.gen)
-            attn.append(a)
-            ffn.append(f)
-        return allocate(self.dense, attn, ffn, self.opts.sparsity, self.opts.allocation,
-                        self.opts.round_to, self.opts.head_unit)
-
-    # -- sequential -------------------------------------------------------------------------
-    def _plan_from_dense_pass(self) -> PruningPlan:
-        hidden, stats = self.runner.hidden, []
-        for i in self._bar("scores"):
-            layer = self.layers[i].to(self.device)
-            o_st, d_st, hidden = self._layer_stats(layer, hidden, full=False)
-            stats.append((o_st, d_st))
-            if self.opts.allocation == "uniform":
-                stats[-1] = self._allocate_layer(i, layer, o_st, d_st)
-            self.layers[i].to("cpu")
+    def _plan_from_stats(self, stats: list[tuple[InputStats, InputStats]]) -> PruningPlan:
         if self.opts.allocation == "uniform":
-            return self._assemble(stats)
-        return self._global_plan(stats)
+            return self._assemble([self._allocate_layer(i, layer, *st)
+                                   for i, (layer, st) in enumerate(zip(self.layers, stats))])
+        attn, ffn = zip(*(_scores(self.opts.criterion, layer, *st, self.gen)
+                          for layer, st in zip(self.layers, stats)))
+        return allocate(self.dense, list(attn), list(ffn), self.opts.sparsity, self.opts.allocation,
+                        self.opts.round_to, self.opts.head_unit)
 
     def _cross_stats(self, module_pruned: nn.Module, layer_pruned: nn.Module, pruned_in: torch.Tensor,
                      module_dense: nn.Module, layer_dense: nn.Module, dense_in: torch.Tensor,
@@ -279,8 +277,8 @@ class Compressor:
         return acc.result()
 
     def _sequential(self) -> list[dict]:
-        if self.plan is None:
-            self.plan = self._plan_from_dense_pass()
+        if self.plan is None:  # the plan comes from a cheap dense pass (diagonal statistics only)
+            self.plan = self._plan_from_stats(self.collect_stats(full=False))
         d, m, r = self.dense.head_dim, self.opts.reconstruct, self.opts.ridge
         dense_hidden = pruned_hidden = self.runner.hidden
         used = []
