@@ -1,0 +1,179 @@
+"""Compression-stage results table for the README (issue 2).
+
+SmolLM2-135M-Instruct, pruned at each sparsity for every criterion ×
+reconstruction × allocation, perplexity on the bundled held-out legal prose
+(never used for calibration). One dense statistics pass is shared by all
+one-shot recipes (the statistics do not depend on the recipe), so each row's
+time is its own plan + reconstruction; the end-to-end cost of the default
+recipe is measured separately against one plain forward pass over the same
+calibration tokens, in the same process.
+
+    python -m benchmarks.compression_table -o benchmarks/results/compression_smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from toolchain.atomic import atomic_path
+from toolchain.calibration import calibration_ids
+from toolchain.criteria import CRITERIA
+from toolchain.models import load_model
+from toolchain.params import param_summary
+from toolchain.perplexity import encode, perplexity, torch_logits_fn
+from toolchain.pipeline import CompressOptions, Compressor
+from toolchain.texts import heldout_text
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def __enter__(self) -> "PeakRSS":
+        self.base = self.peak = self.proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _timed_forward(model, ids: torch.Tensor, batch: int) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            model(ids[i:i + batch])
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, help="output prefix (.json and .md are written)")
+    p.add_argument("--sparsities", default="0.2,0.5")
+    p.add_argument("--criteria", default=",".join(sorted(CRITERIA)))
+    p.add_argument("--reconstruct", default="none,bias,liar")
+    p.add_argument("--allocations", default="uniform,global")
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--eval-seqlen", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=32)
+    p.add_argument("--sequential", action="store_true", help="also run the default recipe in sequential mode")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+
+    loaded = load_model(None)
+    dense = loaded.model
+    ids = calibration_ids(loaded.tokenizer, "pydoc", args.calib_samples, args.calib_seqlen, seed=0)
+    eval_ids = encode(loaded.tokenizer, heldout_text())
+    ppl = lambda m: perplexity(torch_logits_fn(m), eval_ids, args.eval_seqlen, args.eval_windows)  # noqa: E731
+    dense_ppl = ppl(dense)["perplexity"]
+    print(f"dense perplexity {dense_ppl:.3f}", flush=True)
+    rows: list[dict] = []
+
+    # cost: end-to-end default recipe vs one plain forward pass, same process, same tokens
+    forward_s = _timed_forward(dense, ids, 8)
+    default = CompressOptions()
+    model = copy.deepcopy(dense)
+    with PeakRSS() as mem:
+        res = Compressor(model, ids, default, torch.device("cpu"), progress=False).run()
+    cost = {"forward_seconds": forward_s, "compress_seconds": res.seconds,
+            "ratio": res.seconds / forward_s, "peak_rss_mb": mem.peak / 2**20, "extra_rss_mb": mem.extra_mb,
+            "recipe": vars(default)}
+    print(f"cost: compress {res.seconds:.1f}s vs forward {forward_s:.1f}s (×{cost['ratio']:.2f})", flush=True)
+    del model
+
+    start = time.perf_counter()
+    with PeakRSS() as mem:
+        stats = Compressor(dense, ids, default, torch.device("cpu"), progress=False).collect_stats(full=True)
+    shared = {"seconds": time.perf_counter() - start, "extra_rss_mb": mem.extra_mb}
+    grid = itertools.product([float(s) for s in args.sparsities.split(",")], args.criteria.split(","),
+                             args.reconstruct.split(","), args.allocations.split(","))
+    for sparsity, criterion, method, allocation in grid:
+        opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation)
+        model = copy.deepcopy(dense)
+        with PeakRSS() as mem:
+            res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run(dense_stats=stats)
+        row = {"sparsity": sparsity, "criterion": criterion, "reconstruct": method, "allocation": allocation,
+               "mode": "oneshot", "achieved_sparsity": 1 - param_summary(model)["block"] / param_summary(dense)["block"],
+               "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
+    if args.sequential:
+        for sparsity in [float(s) for s in args.sparsities.split(",")]:
+            opts = CompressOptions(sparsity=sparsity, mode="sequential")
+            model = copy.deepcopy(dense)
+            with PeakRSS() as mem:
+                res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run()
+            row = {**{k: getattr(opts, k) for k in ("sparsity", "criterion", "reconstruct", "allocation", "mode")},
+                   "achieved_sparsity": 1 - param_summary(model)["block"] / param_summary(dense)["block"],
+                   "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "cost": cost,
+              "shared_statistics": shared, "rows": rows, "eval": {"text": "heldout_legal.txt",
+              "seqlen": args.eval_seqlen, "windows": args.eval_windows},
+              "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
+              "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    out = Path(args.output)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Dense perplexity: **{result['dense_perplexity']:.2f}** (held-out legal prose, "
+             f"{result['eval']['windows']}×{result['eval']['seqlen']} tokens).", "",
+             "| sparsity | criterion | allocation | none | bias | liar | liar/bias | liar time (s) | liar extra RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["sparsity"], r["criterion"], r["allocation"], r["reconstruct"]): r
+          for r in result["rows"] if r["mode"] == "oneshot"}
+    for (s, c, a) in sorted({k[:3] for k in by}):
+        cell = lambda m: by.get((s, c, a, m))  # noqa: E731
+        fmt = lambda r: f"{r['perplexity']:.1f}" if r else "–"  # noqa: E731
+        ratio = (f"{cell('liar')['perplexity'] / cell('bias')['perplexity']:.2f}"
+                 if cell("liar") and cell("bias") else "–")
+        liar = cell("liar")
+        lines.append(f"| {s} | {c} | {a} | {fmt(cell('none'))} | {fmt(cell('bias'))} | {fmt(liar)} | {ratio} | "
+                     f"{liar['seconds']:.1f} | {liar['extra_rss_mb']:.0f} |" if liar else "")
+    seq = [r for r in result["rows"] if r["mode"] == "sequential"]
+    if seq:
+        lines += ["", "| sparsity | mode | perplexity | time (s) |", "|---|---|---|---|"]
+        lines += [f"| {r['sparsity']} | sequential | {r['perplexity']:.1f} | {r['seconds']:.1f} |" for r in seq]
+    c = result["cost"]
+    lines += ["", f"Cost of the default recipe end to end (one-shot, flap, liar, global, "
+              f"{result['calibration']['samples']}×{result['calibration']['seqlen']} pydoc tokens): "
+              f"{c['compress_seconds']:.1f} s vs {c['forward_seconds']:.1f} s for one plain forward pass over the "
+              f"same tokens = **×{c['ratio']:.2f}**; peak RSS {c['peak_rss_mb']:.0f} MB "
+              f"(+{c['extra_rss_mb']:.0f} MB over the loaded model).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

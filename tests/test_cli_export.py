@@ -1,0 +1,109 @@
+"""liar-export / liar-eval end to end on a tiny model directory, and every bad-input case."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tests.tiny import tiny_model
+from toolchain.checkpoint import load_checkpoint
+from toolchain.cli import eval_command, export_command
+from toolchain.cliutil import run_main
+from toolchain.errors import EXIT_BAD_INPUT, EXIT_VERIFY_FAILED
+
+FAST = ["--calib-samples", "4", "--calib-seqlen", "32", "--round-to", "16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_hf")
+    loaded = tiny_model(seed=0)
+    loaded.model.save_pretrained(d)
+    loaded.tokenizer.save_pretrained(d)
+    return d
+
+
+def export(*argv):
+    return run_main("liar-export", export_command, list(argv))
+
+
+def test_export_hf_roundtrip(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export(str(tiny_dir), "--to", "hf", "-o", str(out), "--sparsity", "0.4", "--json", *FAST) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) >= {"artifacts", "params", "sparsity", "seconds"}
+    assert summary["params"]["pruned"]["block"] < summary["params"]["dense"]["block"]
+    assert 0.2 < summary["sparsity"] < 0.6
+    back = load_checkpoint(summary["artifacts"]["hf"])
+    assert back.model.config.liar_layers == summary["widths"]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.isfinite(back.model(ids).logits).all()
+        generated = back.model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] == 11
+    assert export("verify-manifest", str(out)) == 0
+    (out / "plan.json").write_text((out / "plan.json").read_text() + " ")
+    assert export("verify-manifest", str(out)) == EXIT_VERIFY_FAILED
+
+
+def test_plan_replay_via_cli(tiny_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert export(str(tiny_dir), "--to", "hf", "-o", str(a), "--sparsity", "0.5", *FAST) == 0
+    assert export(str(tiny_dir), "--to", "hf", "-o", str(b), "--plan", str(a / "plan.json"), *FAST) == 0
+    sa, sb = load_checkpoint(a / "hf").model.state_dict(), load_checkpoint(b / "hf").model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=1e-5)
+
+
+def test_eval_json(tiny_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    assert run_main("liar-eval", eval_command, [str(tiny_dir), "--text", str(text), "--seqlen", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"] == "torch" and result["tokens"] > 0 and result["perplexity"] > 1
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    d = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing", "arch", "sparsity", "calib_missing", "calib_short",
+                                  "nonempty", "bad_plan", "bad_device"])
+def test_bad_input_exit_2_and_nothing_written(case, tiny_dir, gpt2_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    model, extra = str(tiny_dir), []
+    if case == "missing":
+        model = str(tmp_path / "nope")
+    elif case == "arch":
+        model = str(gpt2_dir)
+    elif case == "sparsity":
+        extra = ["--sparsity", "1.0"]
+    elif case == "calib_missing":
+        extra = ["--calib", str(tmp_path / "missing.txt")]
+    elif case == "calib_short":
+        (tmp_path / "short.txt").write_text("too short")
+        extra = ["--calib", str(tmp_path / "short.txt")]
+    elif case == "nonempty":
+        out.mkdir()
+        (out / "keep.txt").write_text("user data")
+    elif case == "bad_plan":
+        (tmp_path / "plan.json").write_text('{"version": 1, "layers": "x"}')
+        extra = ["--plan", str(tmp_path / "plan.json")]
+    elif case == "bad_device" and torch.cuda.is_available():
+        pytest.skip("CUDA present: --device cuda is valid here")
+    elif case == "bad_device":
+        extra = ["--device", "cuda"]
+    code = export(model, "--to", "hf", "-o", str(out), *FAST, *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT
+    assert err and err[-1].startswith("liar-export: error:") and "Traceback" not in "\n".join(err)
+    if case == "nonempty":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
