@@ -31,7 +31,7 @@ RUN apt-get update \
  && python3 -m venv /opt/venv
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY docker/pip-env.sh docker/pip-env.sh
 
 # llama.cpp compiled portable (no -march=native), so the image runs on any x86-64 CPU.
@@ -50,6 +50,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=bind,source=docker/wheels,targe
  && if [ "$VARIANT" = cpu ]; then src="--find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL}"; fi \
  && pip install $src "torch==$TORCH_VERSION"
 
+COPY README.md ./
 COPY toolchain toolchain
 COPY exporters exporters
 COPY benchmarks benchmarks

@@ -47,4 +47,11 @@ else
     buildah bud --isolation chroot --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" --layers \
         "${args[@]}" -t "$tag" -f Dockerfile .
 fi
-echo "built $tag in $((SECONDS - start)) s"
+if [[ "$engine" == docker ]]; then
+    size=$(docker image inspect --format '{{.Size}}' "$tag")
+else
+    size=$(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" inspect --type image \
+        --format '{{range .Docker.RootFS.DiffIDs}}{{.}} {{end}}' "$tag" >/dev/null \
+        && buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" images --format '{{.Size}}' "$tag")
+fi
+echo "built $tag in $((SECONDS - start)) s, image size $size"
