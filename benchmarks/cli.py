@@ -21,6 +21,8 @@ from toolchain.atomic import atomic_path
 from toolchain.cliutil import quiet_libraries, run_main
 from toolchain.errors import RegressionError, UserError
 
+from .dashboard import DIRECTIONS, FORMATS
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors become UserError (exit 2, one line)."""
@@ -68,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("export-dashboard", help="github-action-benchmark JSON or CSV")
     d.add_argument("results", metavar="RESULTS.json")
-    d.add_argument("--format", choices=("github-action-benchmark", "csv"), required=True)
-    d.add_argument("--direction", choices=("smaller", "bigger"), default="smaller",
+    d.add_argument("--format", choices=FORMATS, required=True)
+    d.add_argument("--direction", choices=DIRECTIONS, default="smaller",
                    help="github-action-benchmark: customSmallerIsBetter (default) or customBiggerIsBetter")
     d.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 from toolchain.atomic import atomic_path
 from toolchain.errors import UserError
@@ -122,6 +121,3 @@ def save_results(doc: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n", encoding="utf-8")
 
-
-def candidates(doc: dict) -> Iterator[dict]:
-    return (a for a in doc["artifacts"] if a["role"] == "candidate")

@@ -20,7 +20,3 @@ def summarize(values: Sequence[float]) -> dict:
     return {"median": float(med), "p10": float(p10), "p90": float(p90),
             "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
 
-
-def relative_spread(summary: dict) -> float:
-    """(p90 - p10) / median: how noisy a measurement was, as a fraction."""
-    return (summary["p90"] - summary["p10"]) / summary["median"] if summary["median"] else 0.0
