@@ -48,7 +48,9 @@ def _model(kind: str):
 def exported(request, tmp_path_factory):
     loaded = _model(request.param)
     out = tmp_path_factory.mktemp("onnx") / request.param
-    summary = export_onnx(loaded, out, progress=False)
+    # the CLI passes OUT/model.onnx, a library user may pass OUT: both name the directory OUT
+    target = out / "model.onnx" if request.param == "pruned_whole_groups" else out
+    summary = export_onnx(loaded, target, progress=False)
     return loaded, out, summary
 
 
@@ -167,7 +169,8 @@ def test_quantised_exports_run(quant, tmp_path, monkeypatch, exported):
     assert ("MatMulInteger" if quant == "int8" else "MatMulNBits") in ops
     logits = dec.logits(sample_ids(16, seed=9)[0].tolist())
     assert logits.shape == (16, loaded.model.config.vocab_size) and np.isfinite(logits).all()
-    assert s["external_data"] == (quant == "int4")
+    assert s["external_data"] == (quant == "int4") and s["model_bytes"] == sum(
+        f.stat().st_size for f in (tmp_path / quant).glob("model.onnx*"))
     assert (tmp_path / quant / "model.onnx.data").is_file() == (quant == "int4")
     assert json.loads((tmp_path / quant / "io.json").read_text())["quant"] == quant
 
@@ -200,13 +203,16 @@ def test_bad_arguments_are_user_errors(tmp_path):
     loaded = tiny_model()
     with pytest.raises(UserError, match="int8"):
         export_onnx(loaded, tmp_path / "o", quant="int3", progress=False)
-    with pytest.raises(UserError, match="directory"):
-        export_onnx(loaded, tmp_path / "o.onnx", progress=False)
-    assert set(ONNX_QUANTS) == {"none", "int8", "int4"} and not list(tmp_path.iterdir())
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_onnx(loaded, tmp_path / "busy" / "model.onnx", progress=False)
+    assert set(ONNX_QUANTS) == {"none", "int8", "int4"}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["busy", "notes.txt"]
 
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(verify.TOLERANCES, "none", {"max_ppl_increase": 0.005, "min_top1": 1.01})
     with pytest.raises(VerificationError, match="top-1 agreement"):
-        export_onnx(tiny_model(), tmp_path / "o", progress=False)
+        export_onnx(tiny_model(num_hidden_layers=1), tmp_path / "o", progress=False)
     assert not list(tmp_path.iterdir())

@@ -1,7 +1,8 @@
 """`export_onnx`: one directory per export, written atomically.
 
 Layout of OUT/:
-    model.onnx          the decoder graph (+ model.onnx.data when weights > 2 GB)
+    model.onnx          the decoder graph (+ model.onnx.data when weights > 2 GB);
+                        `export_onnx(..., "OUT/other.onnx")` names it other.onnx
     io.json             inputs / outputs, per-layer KV heads and widths, quant,
                         source, plan / recipe, verification numbers
     tokenizer files     tokenizer.json, tokenizer_config.json, ...
@@ -36,19 +37,26 @@ EXTERNAL_DATA_ABOVE = int(PROTOBUF_LIMIT * 0.9)
 VERIFY_WINDOWS = 4
 
 
-def _log(progress: bool, msg: str) -> None:
+def _log(progress: bool, t0: float, msg: str) -> None:
     if progress:
-        print(f"[onnx] {msg}", file=sys.stderr, flush=True)
+        print(f"[onnx {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _target(out_path: Path) -> tuple[Path, str]:
+    """`OUT/` -> (OUT, "model.onnx"); `OUT/name.onnx` -> (OUT, "name.onnx")."""
+    if out_path.suffix == ".onnx":
+        return out_path.parent, out_path.name
+    return out_path, iospec.MODEL_FILE
 
 
 def _check_args(loaded: LoadedModel, out_dir: Path, quant: str) -> None:
     if quant not in ONNX_QUANTS:
         raise UserError(f"unknown ONNX quantisation {quant!r}: choose one of {', '.join(ONNX_QUANTS)}")
-    if out_dir.suffix == ".onnx":
-        raise UserError(f"-o {out_dir}: ONNX export writes a directory (OUT/model.onnx + io.json + "
-                        "tokenizer); pass a directory name without .onnx")
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"-o {out_dir} exists and is not a directory")
+        raise UserError(f"ONNX output directory {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / iospec.IO_FILE).is_file():
+        raise UserError(f"ONNX output directory {out_dir} is not empty and holds no earlier export "
+                        "(no io.json): choose a new directory, it is replaced as a whole")
     dtype = next(loaded.model.parameters()).dtype
     if dtype != torch.float32:
         raise UserError(f"ONNX export needs the model in float32 (it is {dtype}); load it with "
@@ -62,12 +70,11 @@ def _layers(model: torch.nn.Module) -> list[dict]:
     return layer_widths(model)
 
 
-def _io_json(loaded: LoadedModel, quant: str, external: bool, recipe: dict | None) -> dict:
+def _io_json(loaded: LoadedModel, name: str, quant: str, external: bool, recipe: dict | None) -> dict:
     model, cfg = loaded.model, loaded.model.config
     kv = kv_heads(model)
     return {"format": iospec.FORMAT, "version": iospec.FORMAT_VERSION,
-            "model_file": iospec.MODEL_FILE,
-            "external_data": iospec.DATA_FILE if external else None,
+            "model_file": name, "external_data": f"{name}.data" if external else None,
             "quant": quant, "dtype": "float32", "model_type": cfg.model_type,
             "num_layers": len(kv), "head_dim": head_dim(model), "hidden_size": cfg.hidden_size,
             "vocab_size": cfg.vocab_size, "rope_theta": getattr(cfg, "rope_theta", None),
@@ -87,36 +94,39 @@ def _sizes(out_dir: Path) -> dict:
 def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe: dict | None = None,
                 verify: bool = True, verify_text: str | None = None, verify_seqlen: int = 256,
                 progress: bool = True, verify_windows: int = VERIFY_WINDOWS) -> dict:
-    """Export `loaded` to the directory `out_path` (model.onnx, io.json, tokenizer).
+    """Export `loaded` to the directory `out_path` (model.onnx, io.json, tokenizer files).
+
+    `out_path` is either that directory or the .onnx file inside it (`OUT/model.onnx`);
+    the whole directory is written atomically and replaces an earlier export there.
 
     Returns a summary: paths, bytes, quant and (when `verify`) the verification
     numbers. Raises UserError on bad arguments and VerificationError when the
     exported graph disagrees with PyTorch; in both cases nothing is left at
     `out_path`.
     """
-    out_dir = Path(out_path)
+    out_dir, name = _target(Path(out_path))
     _check_args(loaded, out_dir, quant)
     model = loaded.model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_ABOVE
     t0 = time.perf_counter()
     with atomic_path(out_dir, is_dir=True) as tmp:
-        onnx_file = tmp / iospec.MODEL_FILE
+        onnx_file = tmp / name
         float_dir = tmp / ".float" if quant != "none" else tmp
         float_dir.mkdir(exist_ok=True)
-        _log(progress, f"tracing {len(kv_heads(model))} layers (KV heads {kv_heads(model)}) to ONNX")
-        trace_to_onnx(model, float_dir / iospec.MODEL_FILE, external)
+        _log(progress, t0, f"tracing {len(kv_heads(model))} layers (KV heads {kv_heads(model)}) to ONNX")
+        trace_to_onnx(model, float_dir / name, external)
         if quant != "none":
-            _log(progress, f"quantising weights to {quant}")
-            quantize(float_dir / iospec.MODEL_FILE, onnx_file, quant, external)
+            _log(progress, t0, f"quantising weights to {quant}")
+            quantize(float_dir / name, onnx_file, quant, external)
             shutil.rmtree(float_dir)
         loaded.tokenizer.save_pretrained(tmp)
-        io = _io_json(loaded, quant, external, recipe)
+        io = _io_json(loaded, name, quant, external, recipe)
         summary: dict = {"format": "onnx", "quant": quant, "external_data": external}
         if verify:
             from toolchain.texts import heldout_text
 
-            _log(progress, f"verifying against PyTorch (seqlen {verify_seqlen}, "
+            _log(progress, t0, f"verifying against PyTorch (seqlen {verify_seqlen}, "
                            f"{verify_windows} windows)")
             ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
             summary["verification"] = run_verification(model, OnnxDecoder(onnx_file), ids, quant,
@@ -124,10 +134,10 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
             io["verification"] = summary["verification"]
         (tmp / iospec.IO_FILE).write_text(json.dumps(io, indent=1, default=str) + "\n")
         files = _sizes(tmp)
-    summary.update(path=str(out_dir / iospec.MODEL_FILE), dir=str(out_dir),
+    summary.update(path=str(out_dir / name), dir=str(out_dir),
                    io_json=str(out_dir / iospec.IO_FILE), files=files,
                    bytes=sum(files.values()),
-                   model_bytes=sum(v for k, v in files.items() if k.startswith(iospec.MODEL_FILE)),
+                   model_bytes=files[name] + files.get(f"{name}.data", 0),
                    seconds=round(time.perf_counter() - t0, 1))
-    _log(progress, f"wrote {out_dir} ({summary['model_bytes'] / 1e6:.1f} MB model)")
+    _log(progress, t0, f"wrote {out_dir} ({summary['model_bytes'] / 1e6:.1f} MB model)")
     return summary

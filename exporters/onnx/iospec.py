@@ -16,7 +16,6 @@ from toolchain.errors import UserError
 FORMAT = "liar-export-onnx"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 IO_FILE = "io.json"
 TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -59,7 +58,8 @@ def model_file(path: str | Path) -> Path:
     """`OUT/` or `OUT/model.onnx` -> the .onnx file (a UserError if there is none)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        p = p / MODEL_FILE
+        io = read_io(p / MODEL_FILE)
+        p = p / (io.get("model_file") or MODEL_FILE if io else MODEL_FILE)
     if not p.is_file():
         raise UserError(f"ONNX model {p} does not exist: pass an export directory or its .onnx file")
     return p
