@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -25,12 +26,14 @@ from .manifest import verify_manifest, write_manifest
 from .models import LoadedModel, load_model
 from .params import param_summary
 from .perplexity import encode, perplexity, torch_logits_fn
+from .local import LocalOptions, local_reconstruct
 from .pipeline import MODES, CompressOptions, Compressor
 from .plan import PruningPlan
 from .reconstruct import METHODS
 from .texts import heldout_text, read_text_file
 
 FORMATS = ("hf", "gguf", "onnx")
+LOCAL_METHODS = ("local", "liar+local")
 
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
@@ -74,7 +77,9 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--sparsity", type=float, default=0.2,
                    help="fraction of transformer-block parameters to remove, in [0, 1) (default 0.2; 0 = dense)")
     g.add_argument("--criterion", choices=sorted(CRITERIA), default="flap", help="channel importance (default flap)")
-    g.add_argument("--reconstruct", choices=METHODS, default="liar", help="reconstruction (default liar)")
+    g.add_argument("--reconstruct", choices=METHODS + LOCAL_METHODS, default="liar",
+                   help="closed form: liar (default), bias (FLAP), none; local: AdamW refinement of each pruned "
+                   "submodel against the dense model's activations (liar+local = LIAR first)")
     g.add_argument("--allocation", choices=ALLOCATIONS, default="global",
                    help="uniform: same widths in every layer; global: per-layer widths (default)")
     g.add_argument("--mode", choices=MODES, default="oneshot", help="statistics from the dense model (oneshot) or "
@@ -84,6 +89,15 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--round-to", type=int, default=32, help="kept FFN widths are multiples of this (default 32)")
     g.add_argument("--ridge", type=float, default=1e-3, help="LIAR ridge, relative to the mean variance (default 1e-3)")
     g.add_argument("--plan", help="replay a saved plan.json instead of choosing heads/channels")
+    g = p.add_argument_group("local reconstruction (--reconstruct local / liar+local)")
+    g.add_argument("--local-granularity", default="block", help="module (attention and MLP separately), block, "
+                   "or blocks:K (K consecutive blocks) (default block)")
+    g.add_argument("--local-inputs", choices=("dense", "pruned"), default="dense",
+                   help="submodel inputs from the dense model (default) or the already-refined pruned model")
+    g.add_argument("--local-steps", type=int, default=None, help="optimiser steps per submodel (default: one epoch)")
+    g.add_argument("--local-lr", type=float, default=LocalOptions.lr, help=f"AdamW learning rate (default {LocalOptions.lr})")
+    g.add_argument("--local-batch-size", type=int, default=LocalOptions.batch_size,
+                   help=f"sequences per step (default {LocalOptions.batch_size})")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", default="pydoc", help="pydoc (default, offline), self (sampled from the model), "
                    "a .txt/.jsonl file, or a dataset name (wikitext2, c4; needs network)")
@@ -123,6 +137,7 @@ def _recipe(args: argparse.Namespace, opts: CompressOptions, loaded: LoadedModel
     return {
         "tool": f"liar-export {__version__}",
         "source": loaded.source,
+        "reconstruct": args.reconstruct,
         "options": vars(opts),
         "calibration": {"source": args.calib, "samples": args.calib_samples, "seqlen": args.calib_seqlen,
                         "seed": args.seed},
@@ -168,7 +183,13 @@ def export_command(argv: Sequence[str]) -> int:
     _check_output(out, args.force)
     device = _device(args.device)
     plan = PruningPlan.load(args.plan) if args.plan else None
-    opts = CompressOptions(sparsity=args.sparsity, criterion=args.criterion, reconstruct=args.reconstruct,
+    local = None
+    if args.reconstruct in LOCAL_METHODS:
+        local = LocalOptions(granularity=args.local_granularity, inputs=args.local_inputs, steps=args.local_steps,
+                             lr=args.local_lr, batch_size=args.local_batch_size, seed=args.seed)
+        local.validate()
+    closed_form = {"local": "none", "liar+local": "liar"}.get(args.reconstruct, args.reconstruct)
+    opts = CompressOptions(sparsity=args.sparsity, criterion=args.criterion, reconstruct=closed_form,
                            allocation=args.allocation, mode=args.mode, round_to=args.round_to,
                            head_unit=args.head_unit, ridge=args.ridge, seed=args.seed, batch_size=args.batch_size)
     opts.validate()
@@ -181,15 +202,23 @@ def export_command(argv: Sequence[str]) -> int:
     dense_params = param_summary(loaded.model)
     timings = {"load": time.perf_counter() - t0}
     used: list[dict] = []
+    local_report: list[dict] | None = None
     if args.sparsity > 0 or plan is not None:
         t = time.perf_counter()
         _log(f"calibrating on {args.calib} ({args.calib_samples}×{args.calib_seqlen} tokens)")
         ids = calibration_ids(loaded.tokenizer, args.calib, args.calib_samples, args.calib_seqlen,
                               args.seed, model=loaded.model)
         timings["calibration_data"] = time.perf_counter() - t
+        dense_copy = copy.deepcopy(loaded.model) if local else None
         result = Compressor(loaded.model, ids, opts, device, plan=plan).run()
         timings["compress"] = result.seconds
         plan, used = result.plan, result.methods_used
+        if local:
+            t = time.perf_counter()
+            _log(f"local reconstruction ({local.granularity}, {local.inputs} inputs)")
+            local_report = local_reconstruct(dense_copy, loaded.model, ids, local, device)
+            timings["local"] = time.perf_counter() - t
+            del dense_copy
     elif loaded.source["kind"] == "checkpoint":
         plan = PruningPlan.from_json(loaded.meta["plan"])
     else:
@@ -198,6 +227,8 @@ def export_command(argv: Sequence[str]) -> int:
     loaded.model.to("cpu")
     pruned_params = param_summary(loaded.model)
     recipe = _recipe(args, opts, loaded)
+    if local:
+        recipe["local_reconstruction"] = {"options": vars(local), "submodels": local_report}
     meta = {"plan": plan.to_json(), "recipe": recipe}
     t = time.perf_counter()
     with atomic_path(out, is_dir=True) as tmp:
@@ -213,6 +244,7 @@ def export_command(argv: Sequence[str]) -> int:
             "total_sparsity": 1 - pruned_params["total"] / dense_params["total"],
             "widths": loaded.model.config.liar_layers,
             "reconstruction": used,
+            "local_reconstruction": local_report,
             "exports": reports,
             "seconds": timings,
             "recipe": recipe,
