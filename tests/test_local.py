@@ -62,7 +62,7 @@ def test_every_submodel_improves_and_structure_is_kept(granularity):
     assert covered == [0, 1, 2]
     for r in report:
         assert r["steps"] == 12 and r["seconds"] > 0
-        assert r["loss_after"] < 0.95 * r["loss_before"], r
+        assert r["loss_after"] < 0.95 * r["loss_before"] and not r["reverted"], r
     assert _shapes(pruned) == shapes and pruned.config.liar_layers == widths
     for k, v in frozen.items():  # embeddings, final norm, lm_head do not train
         assert torch.equal(pruned.state_dict()[k], v), k
@@ -155,6 +155,14 @@ def test_pruned_inputs():
     assert report[1]["loss_before"] > ref[1]["loss_before"]  # upstream error reaches later blocks
     assert all(r["loss_after"] < r["loss_before"] for r in report)
     assert _logit_error(pruned, dense) < start_err
+
+
+def test_a_diverging_submodel_gets_its_starting_weights_back():
+    dense, pruned = _pruned_pair(seed=3)
+    start = copy.deepcopy(pruned.state_dict())
+    report = local_reconstruct(dense, pruned, CALIB, LocalOptions(lr=10.0, steps=4), CPU, progress=False)
+    assert all(r["reverted"] and r["loss_after"] == r["loss_before"] for r in report)
+    assert all(torch.equal(v, start[k]) for k, v in pruned.state_dict().items())
 
 
 def test_schedule_and_steps():

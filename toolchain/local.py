@@ -22,6 +22,7 @@ has (kept weights, RMSNorm weights, biases): shapes and plan never change.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -224,8 +225,10 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
                       device: torch.device, progress: bool = True) -> list[dict]:
     """Refine `pruned` in place, submodel by submodel, against `dense` (left unchanged).
 
-    Returns per submodel {"layers", "part", "loss_before", "loss_after", "steps", "seconds"}
-    (losses: MSE over all calibration tokens and hidden dimensions, in float32 compute).
+    Returns per submodel {"layers", "part", "loss_before", "loss_after", "reverted", "steps",
+    "seconds"} (losses: MSE over all calibration tokens and hidden dimensions, float32 compute).
+    A submodel whose calibration MSE did not improve (e.g. lr too high) gets its starting
+    weights back ("reverted": true, loss_after == loss_before).
     """
     opts.validate()
     _check_pair(dense, pruned)
@@ -245,7 +248,8 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
                 _place(m, device, torch.float32)
             targets = run.outputs(sub, dense, dense_h)
             inputs = pruned_h if pruned_h is not None else dense_h
-            before = run.mse(run.outputs(sub, pruned, inputs), targets)
+            start_out = run.outputs(sub, pruned, inputs)
+            before = run.mse(start_out, targets)
             bar.set_description(f"local {sub.name}")
             running: list[float] = []
 
@@ -254,16 +258,23 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
                 bar.set_postfix(mse=f"{sum(running[-8:]) / len(running[-8:]):.4g}", before=f"{before:.4g}")
                 bar.update()
 
+            start_state = [copy.deepcopy(m.state_dict()) for m in mods[1]]
             run.train(sub, pruned, inputs, targets, steps, on_step)
             out = run.outputs(sub, pruned, inputs)
             after = run.mse(out, targets)
+            reverted = not after < before  # never leave a submodel worse than it started
+            if reverted:
+                for m, state in zip(mods[1], start_state):
+                    m.load_state_dict(state)
+                out, after = start_out, before
+            del start_state, start_out
             for m, dtype in zip(mods, dtypes):
                 _place(m, torch.device("cpu"), dtype)
             dense_h = targets  # the dense stream's next input is this submodel's dense output
             if pruned_h is not None:
                 pruned_h = out
             report.append({"layers": list(sub.layers), "part": sub.part, "loss_before": before,
-                           "loss_after": after, "steps": steps, "seconds": time.perf_counter() - start})
+                           "loss_after": after, "reverted": reverted, "steps": steps, "seconds": time.perf_counter() - start})
     finally:
         bar.close()
     return report
