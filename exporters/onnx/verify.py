@@ -65,9 +65,9 @@ def judge(stats: dict, quant: str) -> list[str]:
     return bad
 
 
-def verify(model: torch.nn.Module, dec: OnnxDecoder, ids: list[int], quant: str,
-           seqlen: int, windows: int) -> dict:
-    """All verification numbers; raises VerificationError (one line) on failure."""
+def measure(model: torch.nn.Module, dec: OnnxDecoder, ids: list[int], quant: str,
+            seqlen: int, windows: int) -> dict:
+    """All verification numbers and whether they are within the tolerances for `quant`."""
     first = token_windows(ids, seqlen, 1)[0]
     stats = compare_logits(model, dec, first)
     pt = perplexity(torch_logits_fn(model), ids, seqlen, max_windows=windows)
@@ -75,8 +75,16 @@ def verify(model: torch.nn.Module, dec: OnnxDecoder, ids: list[int], quant: str,
     stats.update(perplexity_torch=pt["perplexity"], perplexity_onnx=ox["perplexity"],
                  perplexity_ratio=ox["perplexity"] / pt["perplexity"],
                  perplexity_tokens=pt["tokens"], seqlen=seqlen, tolerances=TOLERANCES[quant])
-    bad = judge(stats, quant)
-    stats["passed"] = not bad
-    if bad:
-        raise VerificationError(f"ONNX export ({quant}) disagrees with PyTorch: " + "; ".join(bad))
+    stats["failures"] = judge(stats, quant)
+    stats["passed"] = not stats["failures"]
+    return stats
+
+
+def verify(model: torch.nn.Module, dec: OnnxDecoder, ids: list[int], quant: str,
+           seqlen: int, windows: int) -> dict:
+    """`measure`, raising VerificationError (one line) when the export fails its tolerances."""
+    stats = measure(model, dec, ids, quant, seqlen, windows)
+    if not stats["passed"]:
+        raise VerificationError(f"ONNX export ({quant}) disagrees with PyTorch: "
+                                + "; ".join(stats["failures"]))
     return stats

@@ -1,0 +1,58 @@
+"""SmolLM2-135M-Instruct through the ONNX exporter (slow: real model, minutes).
+
+Dense and pruned fp32 exports must reproduce PyTorch perplexity within 0.5% on
+held-out text; int8 / int4 perplexities are printed (their own tolerances are
+enforced by export_onnx's verification).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from exporters.onnx import export_onnx
+from exporters.onnx.report import random_widths_model
+from toolchain.models import load_model
+
+pytestmark = pytest.mark.slow
+SEQLEN, WINDOWS = 256, 3  # 3 windows of held-out text keep each verification well under a minute
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return load_model(None)
+
+
+def pruned_model(dense):
+    """Per-layer widths (heads, whole KV groups, FFN channels). Swap for the real pipeline with
+    `load_model(<checkpoint of liar-export --sparsity 0.5 --to hf>)`."""
+    return random_widths_model(dense)
+
+
+def _export(loaded, out, quant):
+    s = export_onnx(loaded, out, quant=quant, verify_seqlen=SEQLEN, verify_windows=WINDOWS,
+                    progress=False)
+    v = s["verification"]
+    print(f"\n{out.name}: {s['model_bytes'] / 1e6:.1f} MB, perplexity PyTorch {v['perplexity_torch']:.3f} "
+          f"ONNX {v['perplexity_onnx']:.3f} (ratio {v['perplexity_ratio']:.4f}), "
+          f"max |dlogit| {v['max_abs_dlogit']:.2e} / {v['max_abs_dlogit_kv']:.2e}, top-1 {v['top1_agreement']:.3f}")
+    return s
+
+
+def test_dense_fp32_reproduces_pytorch(dense, tmp_path):
+    s = _export(dense, tmp_path / "dense-fp32", "none")
+    assert s["verification"]["perplexity_ratio"] == pytest.approx(1.0, abs=0.005)
+    assert s["verification"]["top1_agreement"] >= 0.99
+
+
+def test_pruned_fp32_int8_int4(dense, tmp_path):
+    pruned = pruned_model(dense)
+    widths = pruned.model.config.liar_layers
+    assert len({w["num_key_value_heads"] for w in widths}) > 1
+    assert len({w["intermediate_size"] for w in widths}) > 1
+    sizes = {}
+    for quant in ("none", "int8", "int4"):
+        s = _export(pruned, tmp_path / f"pruned-{quant}", quant)
+        sizes[quant] = s["model_bytes"]
+        if quant == "none":
+            assert s["verification"]["perplexity_ratio"] == pytest.approx(1.0, abs=0.005)
+    assert sizes["int4"] < sizes["int8"] < sizes["none"]
