@@ -9,6 +9,7 @@ logits for every position (`logits_all=True`), one window per `reset()`.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Sequence
 
@@ -24,26 +25,24 @@ def check_gguf_file(path: str | Path) -> None:
     """Reject a missing, truncated or non-GGUF file with one clear line.
 
     llama.cpp itself may abort the process or only print to stderr on such
-    files, so the header and the tensor data extent are checked with the
-    `gguf` reader before llama.cpp ever sees the file.
+    files, so the header, metadata and tensor table are parsed and the tensor
+    data extent checked against the file size before llama.cpp sees the file.
     """
-    import gguf
+    from exporters.gguf.layout import read_layout  # here: exporters.gguf imports this module
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GGUF file {path} does not exist")
-    size = path.stat().st_size
     try:
-        reader = gguf.GGUFReader(path)
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as e:  # the reader fails in many ways on a broken file
-        raise UserError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); "
+        layout = read_layout(path, keep=lambda key: False)
+    except (ValueError, struct.error, OSError, KeyError) as e:
+        raise UserError(f"{path} is not a readable GGUF file ({e}); "
                         "re-export it or re-download it") from None
-    if not reader.tensors:
+    if not layout.tensors:
         raise UserError(f"{path} holds no tensors: it is not a model file")
-    if end > size:
-        raise UserError(f"{path} is truncated ({size} bytes, its tensors need {end}); "
-                        "re-export it or re-download it")
+    if layout.data_end > layout.file_size:
+        raise UserError(f"{path} is truncated ({layout.file_size} bytes, its tensors need "
+                        f"{layout.data_end}); re-export it or re-download it")
 
 
 def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None,

@@ -18,7 +18,7 @@ from toolchain.atomic import atomic_path
 from toolchain.errors import UserError, VerificationError
 from toolchain.texts import heldout_text
 
-from .quantize import find_fallbacks, llama_quantize, report_fallbacks, tensor_types
+from .quantize import inspect_types, llama_quantize, report_fallbacks
 from .quants import DEFAULT_QUANT, QUANT_SPECS, QuantSpec, quant_spec
 from .verify import verify_gguf
 from .writer import write_gguf
@@ -67,18 +67,18 @@ def export_gguf(loaded, out_path: str | Path, quant: str = DEFAULT_QUANT,
     with atomic_path(out_path) as tmp:
         _say(progress, f"writing {out_path} ({spec.name})")
         info = _write(loaded, tmp, spec, recipe, progress, n_threads)
-        fallbacks = find_fallbacks(tmp, spec)
+        types, fallbacks = inspect_types(tmp, spec)
         report_fallbacks(fallbacks, spec)
         summary = {"path": str(out_path), "bytes": tmp.stat().st_size,
                    "architecture": info["architecture"], "quant": spec.name,
                    "pruned": info["pruned"], "tokenizer_source": info["tokenizer_source"],
-                   "tensor_types": tensor_types(tmp), "fallbacks": fallbacks,
+                   "tensor_types": types, "fallbacks": fallbacks,
                    "widths": info["widths"]}
         if verify:
             _say(progress, "verifying against PyTorch (llama.cpp, F32 KV cache)")
             text = verify_text if verify_text is not None else heldout_text()
             summary.update(verify_gguf(loaded, tmp, spec, text, verify_seqlen, verify_windows,
-                                       n_threads))
+                                       info["tokenizer_source"] == "hf", n_threads))
             if not summary["passed"]:
                 os.replace(tmp, failed_path)
                 summary["path"] = str(failed_path)

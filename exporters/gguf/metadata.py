@@ -15,22 +15,24 @@ import gguf
 from toolchain import __version__
 from toolchain.models import model_dims
 
+from .layout import GGUFLayout
+
 RECIPE_KEY = "general.liar_export.recipe"
 VERSION_KEY = "general.liar_export.version"
 
 
-def _field(reader: gguf.GGUFReader | None, key: str) -> str | None:
-    field = reader.fields.get(key) if reader is not None else None
-    return str(field.contents()) if field is not None else None
+def _field(source: GGUFLayout | None, key: str) -> str | None:
+    field = source.fields.get(key) if source is not None else None
+    return str(field[2]) if field is not None else None
 
 
-def base_model(loaded, source_reader: gguf.GGUFReader | None) -> dict:
+def base_model(loaded, source: GGUFLayout | None) -> dict:
     """{"name", "organization"?, "repo_url"?} of the dense model this came from."""
     src = loaded.source
     if src.get("kind") == "checkpoint":
         src = src.get("base") or {}
-    info: dict = {"name": _field(source_reader, "general.name")}
-    if org := _field(source_reader, "general.organization"):
+    info: dict = {"name": _field(source, "general.name")}
+    if org := _field(source, "general.organization"):
         info["organization"] = org
     if src.get("kind") == "hub":
         info["repo_url"] = f"https://huggingface.co/{src['path']}"

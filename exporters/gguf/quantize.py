@@ -12,65 +12,68 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
-import gguf
-
+from .layout import read_layout
 from .quants import QuantSpec
 
 
 @contextlib.contextmanager
-def _llama_log_level(level: int) -> Iterator[None]:
-    """Temporarily filter llama.cpp's log (routed through this Python logger)."""
-    logger = logging.getLogger("llama-cpp-python")
-    old = logger.level
-    logger.setLevel(level)
+def _native_stderr_to(sink: IO[bytes]) -> Iterator[None]:
+    """Send file descriptor 2 (where llama.cpp's C code logs) to `sink` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
     try:
         yield
     finally:
-        logger.setLevel(old)
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
-def llama_quantize(src: Path, dst: Path, spec: QuantSpec, n_threads: int | None = None,
-                   verbose: bool = False) -> None:
-    """Quantise the F32 GGUF `src` into `dst` with llama.cpp's default mix for `spec`."""
+def llama_quantize(src: Path, dst: Path, spec: QuantSpec, n_threads: int | None = None) -> None:
+    """Quantise the F32 GGUF `src` into `dst` with llama.cpp's default mix for `spec`.
+
+    llama.cpp's per-tensor log is captured (our own fallback report replaces
+    it) and only shown if the quantiser fails.
+    """
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(spec.file_type)
     params.nthread = n_threads or os.cpu_count() or 1
-    with _llama_log_level(logging.DEBUG if verbose else logging.ERROR):
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama.cpp's quantiser failed on {src} (return code {rc})")
+    with tempfile.TemporaryFile() as log:
+        with _native_stderr_to(log):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                                ctypes.byref(params))
+        if rc != 0:
+            log.seek(0)
+            tail = log.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"llama.cpp's quantiser failed on {src} (return code {rc}): "
+                               + " | ".join(tail))
 
 
-def tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each GGML type the file holds (for the summary)."""
-    reader = gguf.GGUFReader(path)
-    return dict(Counter(t.tensor_type.name for t in reader.tensors))
+def inspect_types(path: Path, spec: QuantSpec) -> tuple[dict[str, int], list[dict]]:
+    """(tensor count per GGML type, fallbacks) of the written file.
 
-
-def find_fallbacks(path: Path, spec: QuantSpec) -> list[dict]:
-    """2-D tensors that did not get the requested type because of their row length.
-
-    A tensor whose rows *are* a multiple of the block but got a different type
-    is llama.cpp's deliberate mix (e.g. Q6_K for some tensors in Q4_K_M), not a
-    fallback, and is not listed.
+    A fallback is a 2-D tensor that did not get the requested type *and* whose
+    row length is not a multiple of that type's block. A tensor whose rows fit
+    but got another type is llama.cpp's deliberate mix (e.g. Q6_K for some
+    tensors in Q4_K_M), not a fallback, and is not listed.
     """
-    reader = gguf.GGUFReader(path)
-    out = []
-    for t in reader.tensors:
-        row = int(t.shape[0])  # ggml order: ne0 is the row length
-        if len(t.shape) >= 2 and t.tensor_type != spec.ggml_type and row % spec.block:
-            out.append({"tensor": t.name, "requested": spec.ggml_type.name,
-                        "used": t.tensor_type.name, "row": row})
-    return out
+    tensors = read_layout(path, keep=lambda key: False).tensors
+    fallbacks = []
+    for t in tensors:
+        row = t.shape[0]
+        if len(t.shape) >= 2 and t.type != spec.ggml_type and row % spec.block:
+            fallbacks.append({"tensor": t.name, "requested": spec.ggml_type.name,
+                              "used": t.type.name, "row": row})
+    return dict(Counter(t.type.name for t in tensors)), fallbacks
 
 
 def report_fallbacks(fallbacks: list[dict], spec: QuantSpec) -> None:

@@ -18,6 +18,8 @@ import gguf
 
 from toolchain.errors import UserError
 
+from .layout import GGUFLayout
+
 # Split regexes of the byte-level BPE families llama.cpp names (from their tokenizer.json).
 _SPLIT_PRE = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -43,14 +45,11 @@ def source_gguf(source: dict) -> Path | None:
     return path
 
 
-def copy_tokenizer_keys(writer: gguf.GGUFWriter, reader: gguf.GGUFReader) -> None:
+def copy_tokenizer_keys(writer: gguf.GGUFWriter, source: GGUFLayout) -> None:
     """Copy every `tokenizer.*` key of the source file with its exact GGUF value types."""
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+    for key, (vtype, sub, value) in source.fields.items():
+        if key.startswith("tokenizer."):
+            writer.add_key_value(key, value, vtype, sub_type=sub)
 
 
 def pre_tokenizer_name(tok_json: dict) -> str | None:
@@ -125,10 +124,10 @@ def add_hf_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> Non
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int,
-                  source_reader: gguf.GGUFReader | None) -> str:
+                  source: GGUFLayout | None) -> str:
     """Write the tokenizer keys; returns where they came from ("gguf" or "hf")."""
-    if source_reader is not None:
-        copy_tokenizer_keys(writer, source_reader)
+    if source is not None:
+        copy_tokenizer_keys(writer, source)
         return "gguf"
     add_hf_tokenizer(writer, tokenizer, vocab_size)
     return "hf"

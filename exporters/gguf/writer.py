@@ -9,6 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .hparams import add_hparams, architecture, check_widths, per_layer_widths
+from .layout import read_layout
 from .metadata import add_general, base_model, is_pruned
 from .quants import QuantSpec, direct_type
 from .tensors import model_tensors
@@ -32,13 +33,13 @@ def write_gguf(loaded, path: Path, spec: QuantSpec, recipe: dict | None,
     check_widths(widths)
     arch = architecture(widths)
     src = source_gguf(loaded.source)
-    reader = gguf.GGUFReader(src) if src is not None else None
+    source = read_layout(src, keep=lambda k: k.startswith(("general.", "tokenizer."))) if src else None
     vocab_size = int(model.model.embed_tokens.weight.shape[0])
 
     writer = gguf.GGUFWriter(path, arch)
-    add_general(writer, base_model(loaded, reader), is_pruned(model, widths), recipe, spec.file_type)
+    add_general(writer, base_model(loaded, source), is_pruned(model, widths), recipe, spec.file_type)
     add_hparams(writer, model, arch, widths)
-    tokenizer_source = add_tokenizer(writer, loaded.tokenizer, vocab_size, reader)
+    tokenizer_source = add_tokenizer(writer, loaded.tokenizer, vocab_size, source)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for name, arr in model_tensors(model):
         data, raw = _encode(arr, direct_type(spec, arr.shape))
