@@ -207,6 +207,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
         export_onnx(loaded, tmp_path / "busy" / "model.onnx", progress=False)
+    with pytest.raises(UserError, match="fewer than one window"):
+        export_onnx(loaded, tmp_path / "o", verify_text="far too short", progress=False)
     assert set(ONNX_QUANTS) == {"none", "int8", "int4"}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["busy", "notes.txt"]
 

@@ -23,7 +23,9 @@ import torch
 from toolchain.atomic import atomic_path
 from toolchain.errors import UserError
 from toolchain.models import LoadedModel
-from toolchain.perplexity import encode
+from toolchain.perplexity import encode, token_windows
+from toolchain.surgery import layer_widths
+from toolchain.texts import heldout_text
 
 from . import iospec
 from .quantize import ONNX_QUANTS, quantize
@@ -63,13 +65,6 @@ def _check_args(loaded: LoadedModel, out_dir: Path, quant: str) -> None:
                         "dtype=torch.float32")
 
 
-def _layers(model: torch.nn.Module) -> list[dict]:
-    """Per-layer widths from the module shapes (a dense model has no liar_layers)."""
-    from toolchain.surgery import layer_widths
-
-    return layer_widths(model)
-
-
 def _io_json(loaded: LoadedModel, name: str, quant: str, external: bool, recipe: dict | None) -> dict:
     model, cfg = loaded.model, loaded.model.config
     kv = kv_heads(model)
@@ -81,7 +76,7 @@ def _io_json(loaded: LoadedModel, name: str, quant: str, external: bool, recipe:
             "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
             "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
             "pad_token_id": getattr(cfg, "pad_token_id", None),
-            "layers": _layers(model),
+            "layers": layer_widths(model),
             **iospec.describe(kv, head_dim(model), cfg.vocab_size),
             "source": loaded.source, "plan": loaded.meta.get("plan"),
             "recipe": recipe if recipe is not None else loaded.meta.get("recipe")}
@@ -109,6 +104,10 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
     model = loaded.model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_ABOVE
+    ids: list[int] = []
+    if verify:  # a text too short for one window is bad input: say so before the slow part
+        ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
+        token_windows(ids, verify_seqlen, 1)
     t0 = time.perf_counter()
     with atomic_path(out_dir, is_dir=True) as tmp:
         onnx_file = tmp / name
@@ -124,11 +123,8 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
         io = _io_json(loaded, name, quant, external, recipe)
         summary: dict = {"format": "onnx", "quant": quant, "external_data": external}
         if verify:
-            from toolchain.texts import heldout_text
-
             _log(progress, t0, f"verifying against PyTorch (seqlen {verify_seqlen}, "
                            f"{verify_windows} windows)")
-            ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
             summary["verification"] = run_verification(model, OnnxDecoder(onnx_file), ids, quant,
                                                        verify_seqlen, verify_windows)
             io["verification"] = summary["verification"]
