@@ -185,8 +185,17 @@ class _Refiner:
             return torch.cat([self._fwd(sub, model, hidden[i:i + bs].to(self.device)).cpu()
                               for i in range(0, len(hidden), bs)])
 
-    def mse(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        return F.mse_loss(outputs.double(), targets.double()).item()
+    def measure(self, sub: Submodel, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                keep: bool) -> tuple[float, torch.Tensor | None]:
+        """MSE to `targets` over all sequences, and the outputs (CPU) if `keep`."""
+        bs, total, outs = self.opts.batch_size, 0.0, []
+        with torch.no_grad():
+            for i in range(0, len(inputs), bs):
+                y = self._fwd(sub, model, inputs[i:i + bs].to(self.device))
+                total += (y.double() - targets[i:i + bs].to(self.device).double()).pow(2).sum().item()
+                if keep:
+                    outs.append(y.cpu())
+        return total / targets.numel(), torch.cat(outs) if keep else None
 
     def train(self, sub: Submodel, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
               steps: int, on_step: Callable[[float], None]) -> None:
@@ -248,8 +257,7 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
                 _place(m, device, torch.float32)
             targets = run.outputs(sub, dense, dense_h)
             inputs = pruned_h if pruned_h is not None else dense_h
-            start_out = run.outputs(sub, pruned, inputs)
-            before = run.mse(start_out, targets)
+            before, _ = run.measure(sub, pruned, inputs, targets, keep=False)
             bar.set_description(f"local {sub.name}")
             running: list[float] = []
 
@@ -260,21 +268,21 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
 
             start_state = [copy.deepcopy(m.state_dict()) for m in mods[1]]
             run.train(sub, pruned, inputs, targets, steps, on_step)
-            out = run.outputs(sub, pruned, inputs)
-            after = run.mse(out, targets)
+            keep = pruned_h is not None
+            after, out = run.measure(sub, pruned, inputs, targets, keep)
             reverted = not after < before  # never leave a submodel worse than it started
             if reverted:
                 for m, state in zip(mods[1], start_state):
                     m.load_state_dict(state)
-                out, after = start_out, before
-            del start_state, start_out
+                after, out = run.measure(sub, pruned, inputs, targets, keep)
+            del start_state
             for m, dtype in zip(mods, dtypes):
                 _place(m, torch.device("cpu"), dtype)
             dense_h = targets  # the dense stream's next input is this submodel's dense output
-            if pruned_h is not None:
-                pruned_h = out
+            pruned_h = out
             report.append({"layers": list(sub.layers), "part": sub.part, "loss_before": before,
-                           "loss_after": after, "reverted": reverted, "steps": steps, "seconds": time.perf_counter() - start})
+                           "loss_after": after, "reverted": reverted, "steps": steps,
+                           "seconds": time.perf_counter() - start})
     finally:
         bar.close()
     return report
