@@ -125,6 +125,23 @@ def test_liar_plus_local_starts_from_the_liar_weights():
         assert r["loss_after"] == pytest.approx(got, rel=1e-4)
 
 
+def test_refined_model_exports_to_gguf_and_passes_verification(tmp_path):
+    """Local refinement changes values only: the exporter's llama.cpp parity check still holds."""
+    pytest.importorskip("llama_cpp")
+    from exporters.gguf import export_gguf
+    from tests.tiny import SAMPLE_TEXT
+
+    loaded = tiny_model(seed=2)
+    dense = copy.deepcopy(loaded.model)
+    Compressor(loaded.model, CALIB, CompressOptions(sparsity=0.5, round_to=16), CPU, progress=False).run()
+    local_reconstruct(dense, loaded.model, CALIB, LocalOptions(granularity="module", **FAST), CPU,
+                      progress=False)
+    summary = export_gguf(loaded, tmp_path / "m.gguf", quant="f32", verify_text=SAMPLE_TEXT * 3,
+                          verify_seqlen=64, verify_windows=2, progress=False)
+    assert summary["passed"], summary["failures"]
+    assert summary["max_abs_dlogit"] <= 1e-3
+
+
 def test_deterministic_for_a_seed_on_cpu():
     def once(seed):
         dense, pruned = _pruned_pair(seed=8)
