@@ -1,0 +1,185 @@
+import copy
+
+import pytest
+import torch
+
+import toolchain.unstructured as unstructured
+from tests.tiny import sample_ids, tiny_model
+from toolchain.errors import UserError
+from toolchain.fista import FistaOptions, fista, keep_mask, lipschitz, solve
+from toolchain.unstructured import STAGES, SparsityOptions, sparsify
+
+CALIB = sample_ids(n=32, seed=7, batch=8)
+QUICK = dict(iters=5, steps=3, refit_iters=10)
+
+
+def _problem(seed: int, out: int = 6, inp: int = 16, n: int = 400, spread: float = 1.0):
+    """Random least squares: X* = X + noise, channel scales spanning 10^±spread."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-spread, spread, inp, dtype=torch.float64)
+    x = torch.randn(inp, n, generator=g, dtype=torch.float64) * scale[:, None]
+    xs = x + 0.3 * torch.randn(inp, n, generator=g, dtype=torch.float64) * scale[:, None]
+    w = torch.randn(out, inp, generator=g, dtype=torch.float64)
+    return w, x, xs, xs @ xs.T / n, x @ xs.T / n, x @ x.T / n
+
+
+def _ista(h: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, iters: int) -> torch.Tensor:
+    """Reference: plain proximal gradient in W coordinates (no momentum, no rescaling)."""
+    step = 1 / float(torch.linalg.eigvalsh(h)[-1])
+    v = torch.zeros_like(b)
+    for _ in range(iters):
+        z = v - step * (v @ h - b)
+        v = z.sign() * (z.abs() - step * lam[:, None]).clamp_min(0)
+    return v
+
+
+def test_fista_matches_converged_ista_and_kkt():
+    w, _, _, h, c, _ = _problem(0, spread=0.3)
+    b = w @ c
+    lam = 0.05 * b.abs().amax(1)
+    ref = _ista(h, b, lam, 5000)
+    # KKT of the lasso at the reference: ∇ = −λ sign(W*) on the support, |∇| ≤ λ off it
+    grad = ref @ h - b
+    on = ref != 0
+    torch.testing.assert_close(grad[on], -(lam[:, None] * ref.sign())[on], atol=1e-7, rtol=0)
+    assert (grad[~on].abs() <= lam[:, None].expand_as(grad)[~on] + 1e-7).all()
+    assert 0 < on.sum() < on.numel()  # a non-trivial support
+    # FISTA in the column-rescaled coordinates the solver uses: same minimiser
+    d = h.diagonal().sqrt()
+    ht, bt = h / torch.outer(d, d), b / d
+    v = fista(torch.zeros_like(b), ht, bt, lam[:, None] / d[None, :], lipschitz(ht), 3000)
+    torch.testing.assert_close(v / d, ref, atol=1e-6, rtol=0)
+
+
+def test_fista_orthonormal_inputs_is_soft_thresholding():
+    b = torch.randn(5, 8, dtype=torch.float64)
+    lam = torch.full((5, 1), 0.4, dtype=torch.float64)
+    v = fista(torch.zeros_like(b), torch.eye(8, dtype=torch.float64), b, lam, 1.0, 5)
+    torch.testing.assert_close(v, b.sign() * (b.abs() - 0.4).clamp_min(0))
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", 0.5)])
+def test_solve_reaches_exact_pattern_and_lowers_true_error(pattern, sparsity):
+    w, x, xs, h, c, g = _problem(1, out=12, inp=32)
+    w32 = w.float()
+    mask0 = keep_mask(w32.abs() * h.diagonal().sqrt().float(), pattern, sparsity)
+    res = solve(w32, h, c, g, mask0, pattern, sparsity, FistaOptions(10, 6, 20))
+    k = 32 - round(sparsity * 32)
+    assert (res.mask.sum(1) == k).all()
+    if pattern == "2:4":
+        assert (res.mask.reshape(12, 8, 4).sum(-1) == 2).all()
+        assert ((res.weight != 0).reshape(12, 8, 4).sum(-1) == 2).all()
+    assert (res.weight[~res.mask] == 0).all()
+    assert ((res.weight != 0).sum(1) == k).all()
+    # the reported relative errors are the real ones on the raw data
+    target = w @ x
+    true = lambda m: float(((m.double() @ xs - target) ** 2).sum() / (target ** 2).sum())  # noqa: E731
+    assert res.err_before == pytest.approx(true(w32 * mask0), rel=1e-3)
+    assert res.err_after == pytest.approx(true(res.weight), rel=1e-3)
+    assert res.err_after < 0.95 * res.err_before
+
+
+def _pruned_linears(model):
+    for layer in model.model.layers:
+        for stage in STAGES:
+            for name in stage:
+                yield name, layer.get_submodule(name)
+
+
+@pytest.mark.parametrize("criterion,reconstruct", [("magnitude", "none"), ("wanda", "none"), ("wanda", "fista")])
+def test_two_four_groups_in_every_linear(criterion, reconstruct):
+    loaded = tiny_model(seed=1)
+    dense = copy.deepcopy(loaded.model)
+    opts = SparsityOptions(pattern="2:4", criterion=criterion, reconstruct=reconstruct, **QUICK)
+    report = sparsify(loaded.model, CALIB, opts, torch.device("cpu"), progress=False)
+    assert report["sparsity"] == 0.5
+    for name, lin in _pruned_linears(loaded.model):
+        nz = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
+        assert (nz == 2).all(), name
+        assert torch.isfinite(lin.weight).all()
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"):
+        assert torch.equal(loaded.model.get_parameter(name), dense.get_parameter(name))
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(CALIB).logits).all()
+
+
+def test_unstructured_rows_have_exact_sparsity():
+    loaded = tiny_model(seed=2)
+    report = sparsify(loaded.model, CALIB, SparsityOptions(sparsity=0.6, **QUICK), torch.device("cpu"),
+                      progress=False)
+    for name, lin in _pruned_linears(loaded.model):
+        zeros = (lin.weight == 0).sum(1)
+        assert (zeros == round(0.6 * lin.in_features)).all(), name
+    for lay in report["layers"]:
+        assert lay["sparsity"] == pytest.approx(0.6, abs=0.01)
+        for st in lay["stages"]:
+            assert st["err_after"] < st["err_before"] and st["iterations"] == 5 * 3 + 10
+
+
+def _input_grams(model, ids):
+    """E[x xᵀ] of every stage's input, captured from a plain forward of `model`."""
+    sums, hooks = {}, []
+    for i, layer in enumerate(model.model.layers):
+        for stage in STAGES:
+            def hook(_m, args, key=(i, stage)):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                s, n = sums.get(key, (0, 0))
+                sums[key] = (s + x.T @ x, n + x.shape[0])
+            hooks.append(layer.get_submodule(stage[0]).register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    return {k: s / n for k, (s, n) in sums.items()}
+
+
+def test_each_stage_regresses_on_pruned_upstream_outputs(monkeypatch):
+    """X* fed to every solve is what the *final* pruned model feeds that operator (pruned q/k/v
+    before o_proj, pruned gate/up before down_proj, pruned earlier layers), and the target X
+    is what the dense model feeds it."""
+    loaded = tiny_model(seed=3)
+    dense = copy.deepcopy(loaded.model)
+    seen = []
+    real_solve = unstructured.solve
+
+    def spy(w, h, c, g, *rest):
+        seen.append((h, g))
+        return real_solve(w, h, c, g, *rest)
+
+    monkeypatch.setattr(unstructured, "solve", spy)
+    sparsify(loaded.model, CALIB, SparsityOptions(**QUICK), torch.device("cpu"), progress=False)
+    pruned_grams, dense_grams = _input_grams(loaded.model, CALIB), _input_grams(dense, CALIB)
+    keys = [(i, stage) for i in range(len(dense.model.layers)) for stage in STAGES]
+    assert len(seen) == len(keys)
+    for key, (h, g) in zip(keys, seen):
+        torch.testing.assert_close(h, pruned_grams[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g, dense_grams[key], rtol=1e-4, atol=1e-6)
+        if key != (0, STAGES[0]):  # only layer 0's q/k/v input is untouched by pruning
+            assert (h - g).norm() > 1e-3 * g.norm()
+
+
+def test_fista_layer_error_below_criterion_alone():
+    """One decoder layer, same input, same mask budget: FISTA's output error ≤ Wanda's."""
+    errors = {}
+    for method in ("none", "fista"):
+        loaded = tiny_model(seed=4, num_hidden_layers=1)
+        dense_layer = copy.deepcopy(loaded.model.model.layers[0])
+        opts = SparsityOptions(reconstruct=method, **QUICK)
+        sparsify(loaded.model, CALIB, opts, torch.device("cpu"), progress=False)
+        outs = {}
+        for key, layer in (("dense", dense_layer), ("pruned", loaded.model.model.layers[0])):
+            loaded.model.model.layers[0] = layer
+            hook = layer.register_forward_hook(lambda _m, _a, y, k=key: outs.__setitem__(k, y))
+            with torch.no_grad():
+                loaded.model(CALIB)
+            hook.remove()
+        errors[method] = float((outs["pruned"] - outs["dense"]).norm() / outs["dense"].norm())
+    assert errors["fista"] < errors["none"]
+
+
+@pytest.mark.parametrize("kw,match", [({"pattern": "3:4"}, "--pattern"), ({"criterion": "flap"}, "--criterion"),
+                                      ({"pattern": "2:4", "sparsity": 0.3}, "2:4"), ({"sparsity": 1.0}, "--sparsity"),
+                                      ({"iters": 0}, "--fista-iters")])
+def test_bad_options_are_user_errors(kw, match):
+    with pytest.raises(UserError, match=match):
+        sparsify(tiny_model().model, CALIB, SparsityOptions(**kw), torch.device("cpu"), progress=False)

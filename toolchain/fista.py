@@ -1,0 +1,176 @@
+"""FISTA reconstruction of one sparse Linear layer (FISTAPruner, arXiv 2408.03728).
+
+Problem, per operator with dense weight W [out, in]:
+
+    minimise  ½‖W* X* − W X‖²_F + λ‖W*‖₁
+
+X* are the operator's inputs in the pruned model (outputs of the already-pruned
+operators before it), X its inputs in the dense model. Only second moments are
+needed (the Gram form): with H = E[x* x*ᵀ], B = W E[x x*ᵀ] and G = E[x xᵀ],
+
+    f(W*) = ½ tr(W* H W*ᵀ) − tr(W* Bᵀ) + ½ tr(W G Wᵀ),   ∇f = W* H − B.
+
+Rows are independent problems sharing H, so operators fed the same input
+(q/k/v, gate/up) are solved as one stacked matrix, and λ is a vector with one
+entry per output row, found by bisection so that every row's FISTA solution has
+(about) the target number of non-zeros; a final hard threshold then makes the
+pattern exact: per-row top-k for unstructured, 2 of every 4 along the input for
+2:4. Columns are rescaled by d = √diag(H) before iterating (V = W* · d): the
+same problem with a weighted ℓ₁ (threshold λ/d_j), but a Gram matrix with unit
+diagonal, so FISTA's step 1/L is not dictated by a few outlier channels. The
+final threshold ranks by |V| = |W*|·‖x*_j‖ (Wanda's score of the solution).
+
+For every λ the thresholded solution is a candidate; per row the one with the
+least reconstruction error wins, the warm start (the criterion's mask on W) is
+candidate zero, so the result is never worse than the criterion alone on the
+calibration data. Optionally the kept weights are then refitted with λ = 0 on
+the fixed mask (`refit_iters`), which removes the ℓ₁ shrinkage bias.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PATTERNS = ("unstructured", "2:4")
+
+
+def keep_mask(score: torch.Tensor, pattern: str, sparsity: float) -> torch.Tensor:
+    """Boolean mask keeping the highest scores: per output row for unstructured,
+    2 of every 4 consecutive inputs for 2:4 (then `sparsity` must be 0.5)."""
+    out, inp = score.shape
+    if pattern == "2:4":
+        groups = score.reshape(out, inp // 4, 4)
+        idx = groups.topk(2, dim=-1).indices
+        return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, idx, True).reshape(out, inp)
+    k = inp - round(sparsity * inp)
+    idx = score.topk(k, dim=1).indices
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def soft_threshold(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """prox of τ‖·‖₁."""
+    return x.sign() * (x.abs() - tau).clamp_min(0)
+
+
+def lipschitz(h: torch.Tensor, iters: int = 100) -> float:
+    """Largest eigenvalue of the PSD matrix h by power iteration (5% safety margin)."""
+    v = torch.ones(h.shape[0], dtype=h.dtype, device=h.device) / math.sqrt(h.shape[0])
+    lam = 0.0
+    for _ in range(iters):
+        u = h @ v
+        lam = float(u.norm())
+        if lam == 0.0:
+            return 1.0
+        v = u / lam
+    return 1.05 * lam
+
+
+def fista(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, tau: torch.Tensor, lip: float,
+           iters: int) -> torch.Tensor:
+    """FISTA for min ½tr(V H Vᵀ) − tr(V Bᵀ) + Σ τ_ij |V_ij| from V (rows independent);
+    `tau` broadcasts against V ([out, in] per entry, [out, 1] per row)."""
+    y, t = v, 1.0
+    for _ in range(iters):
+        nxt = soft_threshold(y - (y @ h - b) / lip, tau / lip)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        y = nxt + ((t - 1) / t_next) * (nxt - v)
+        v, t = nxt, t_next
+    return v
+
+
+def refit(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, iters: int) -> torch.Tensor:
+    """Conjugate gradient on min ½tr(V H Vᵀ) − tr(V Bᵀ) with V fixed to zero outside `mask`,
+    one independent CG per row, all rows at once (least squares on the final support)."""
+    v = v * mask
+    r = (b - v @ h) * mask
+    p, rs = r, (r * r).sum(1, keepdim=True)
+    for _ in range(iters):
+        hp = (p @ h) * mask
+        alpha = rs / (p * hp).sum(1, keepdim=True).clamp_min(1e-30)
+        v = v + alpha * p
+        r = r - alpha * hp
+        rs_next = (r * r).sum(1, keepdim=True)
+        p = r + (rs_next / rs.clamp_min(1e-30)) * p
+        rs = rs_next
+    return v
+
+
+def row_error(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
+    """Per-row ‖v x* − w x‖² (in expectation over tokens) from the Gram form."""
+    return ((v @ h) * v).sum(1) - 2 * (v * b).sum(1) + const
+
+
+@dataclass
+class FistaOptions:
+    iters: int = 10  # FISTA iterations per λ (warm-started from the previous λ's solution)
+    steps: int = 6  # λ bisection steps
+    refit_iters: int = 20  # conjugate-gradient iterations on the final mask (0: off)
+
+
+@dataclass
+class FistaResult:
+    weight: torch.Tensor  # [out, in], zeros outside the mask
+    mask: torch.Tensor  # [out, in] bool, exactly the pattern
+    lam: torch.Tensor  # [out] λ of the winning candidate per row (0 where the warm start won)
+    iterations: int  # FISTA iterations run in total
+    err_before: float  # relative error ‖(W⊙M₀)X* − WX‖² / ‖WX‖² of the warm start
+    err_after: float  # the same for the result
+    warm_start_rows: int  # rows where the warm start stayed the best candidate
+
+
+def solve(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, g: torch.Tensor, mask0: torch.Tensor,
+          pattern: str, sparsity: float, opts: FistaOptions) -> FistaResult:
+    """Sparse W* for one (stacked) operator, in float32 on w's device.
+
+    w: dense weight [out, in]; h = E[x* x*ᵀ], c = E[x x*ᵀ], g = E[x xᵀ] ([in, in], any float
+    dtype, any device); mask0: the criterion's mask (warm start, candidate zero)."""
+    dev, f32 = w.device, torch.float32
+    w = w.to(f32)
+    h, c, g = (m.to(dev, torch.float64) for m in (h, c, g))
+    d = h.diagonal().clamp_min(0).sqrt()
+    d = d.clamp_min(1e-6 * float(d.max()) if float(d.max()) > 0 else 1.0)
+    ht = (h / torch.outer(d, d)).to(f32)
+    bt = ((w.double() @ c) / d).to(f32)  # B / d: the linear term in V coordinates
+    const = ((w.double() @ g) * w.double()).sum(1).to(f32)  # ‖w_i x‖²
+    dd = d.to(f32)
+    lip = lipschitz(ht)
+    k = mask0.sum(1)  # target non-zeros per row (exact for both patterns)
+
+    best = w * dd * mask0  # candidate zero: the criterion's mask on W (in V coordinates)
+    best_err = row_error(best, ht, bt, const)
+    err0 = best_err.clone()
+    best_lam = torch.zeros(w.shape[0], dtype=f32, device=dev)
+    best_mask = mask0.clone()
+    # λ_i ≥ max_j |B_ij| makes W* = 0 optimal for row i: bisect in log space below it
+    hi = bt.mul(dd).abs().amax(1).clamp_min(1e-30).log()
+    lo = hi + math.log(1e-6)
+    v = best.clone()
+    for _ in range(opts.steps):
+        mid = (lo + hi) / 2
+        lam = mid.exp()
+        v = fista(v, ht, bt, lam[:, None] / dd[None, :], lip, opts.iters)
+        too_dense = (v != 0).sum(1) > k  # λ too small for this row
+        lo, hi = torch.where(too_dense, mid, lo), torch.where(too_dense, hi, mid)
+        m = keep_mask(v.abs(), pattern, sparsity)
+        cand = v * m
+        err = row_error(cand, ht, bt, const)
+        better = err < best_err
+        best = torch.where(better[:, None], cand, best)
+        best_mask = torch.where(better[:, None], m, best_mask)
+        best_err = torch.where(better, err, best_err)
+        best_lam = torch.where(better, lam, best_lam)
+    iterations = opts.steps * opts.iters
+    if opts.refit_iters:
+        fitted = refit(best, ht, bt, best_mask, opts.refit_iters)
+        err = row_error(fitted, ht, bt, const)
+        keep = err < best_err
+        best = torch.where(keep[:, None], fitted, best)
+        best_err = torch.where(keep, err, best_err)
+        iterations += opts.refit_iters
+    total = float(const.double().sum().clamp_min(1e-30))
+    weight = (best / dd) * best_mask
+    return FistaResult(weight, best_mask, best_lam, iterations, float(err0.double().sum()) / total,
+                       float(best_err.double().sum()) / total, int((best_lam == 0).sum()))
