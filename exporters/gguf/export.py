@@ -16,6 +16,7 @@ from pathlib import Path
 
 from toolchain.atomic import atomic_path
 from toolchain.errors import UserError, VerificationError
+from toolchain.models import LoadedModel
 from toolchain.texts import heldout_text
 
 from .quantize import inspect_types, llama_quantize, report_fallbacks
@@ -29,7 +30,7 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _write(loaded, tmp: Path, spec: QuantSpec, recipe: dict | None, progress: bool,
+def _write(loaded: LoadedModel, tmp: Path, spec: QuantSpec, recipe: dict | None, progress: bool,
            n_threads: int | None) -> dict:
     """Write `tmp` at `spec`: directly, or via an F32 intermediate and llama.cpp's quantiser."""
     if not spec.via_llama:
@@ -53,7 +54,7 @@ def _readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def export_gguf(loaded, out_path: str | Path, quant: str = DEFAULT_QUANT,
+def export_gguf(loaded: LoadedModel, out_path: str | Path, quant: str = DEFAULT_QUANT,
                 recipe: dict | None = None, verify: bool = True, verify_text: str | None = None,
                 verify_seqlen: int = 256, progress: bool = True, verify_windows: int = 4,
                 n_threads: int | None = None) -> dict:

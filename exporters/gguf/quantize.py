@@ -62,7 +62,9 @@ def inspect_types(path: Path, spec: QuantSpec) -> tuple[dict[str, int], list[dic
     """(tensor count per GGML type, fallbacks) of the written file.
 
     A fallback is a 2-D tensor that did not get the requested type *and* whose
-    row length is not a multiple of that type's block. A tensor whose rows fit
+    row length is not a multiple of that type's block. "requested" is the
+    `--quant` base type: where llama.cpp's mix first asked for a higher type
+    (Q6_K for some attn_v) the entry shows what the tensor finally got. A tensor whose rows fit
     but got another type is llama.cpp's deliberate mix (e.g. Q6_K for some
     tensors in Q4_K_M), not a fallback, and is not listed.
     """

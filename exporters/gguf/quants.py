@@ -60,9 +60,11 @@ QUANTS: tuple[str, ...] = tuple(QUANT_SPECS)
 DEFAULT_QUANT = "q4_k_m"
 """What a user shipping to a CPU device picks: llama.cpp's recommended size /
 quality trade-off (~4.9 bits per weight). CPU decode is memory-bandwidth bound,
-so a file ~3.4x smaller than f16 decodes correspondingly faster, and Q4_K_M keeps
+so a file ~3x smaller than f16 decodes correspondingly faster, and Q4_K_M keeps
 the most sensitive tensors (parts of attn_v / ffn_down, the output matrix) at
-Q6_K. Use f16 or q8_0 when quality matters more than size."""
+Q6_K. Rows that are not a multiple of 256 fall back to Q5_0/Q8_0 (reported);
+a model with hidden size 576 such as SmolLM2-135M is mostly Q5_0 for that
+reason. Use f16 or q8_0 when quality matters more than size."""
 
 
 def quant_spec(name: str) -> QuantSpec:

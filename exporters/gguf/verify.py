@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.models import LoadedModel
 from toolchain.perplexity import encode, token_windows, torch_logits_fn, window_nll
 
 from ..llamacpp import llama_logits_fn, llama_tokenize, open_llama
 from .quants import QuantSpec
 
 
-def compare_logits(loaded, path: Path, text: str, seqlen: int, max_windows: int,
+def compare_logits(loaded: LoadedModel, path: Path, text: str, seqlen: int, max_windows: int,
                    n_threads: int | None = None) -> dict:
     """max |Δlogit|, top-1 agreement and both perplexities on `text`."""
     ids = encode(loaded.tokenizer, text)
@@ -72,7 +73,7 @@ def judge(result: dict, spec: QuantSpec, tokenizer_built: bool) -> list[str]:
     return reasons
 
 
-def verify_gguf(loaded, path: Path, spec: QuantSpec, text: str, seqlen: int, max_windows: int,
+def verify_gguf(loaded: LoadedModel, path: Path, spec: QuantSpec, text: str, seqlen: int, max_windows: int,
                 tokenizer_built: bool, n_threads: int | None = None) -> dict:
     """compare_logits + the verdict: adds `passed`, `failures` and the tolerances used."""
     result = compare_logits(loaded, path, text, seqlen, max_windows, n_threads)

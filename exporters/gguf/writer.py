@@ -8,6 +8,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from toolchain.models import LoadedModel
+
 from .hparams import add_hparams, architecture, check_widths, per_layer_widths
 from .layout import read_layout
 from .metadata import add_general, base_model, is_pruned
@@ -25,7 +27,7 @@ def _encode(arr: np.ndarray, qtype: T) -> tuple[np.ndarray, T | None]:
     return gguf.quants.quantize(arr, qtype), qtype
 
 
-def write_gguf(loaded, path: Path, spec: QuantSpec, recipe: dict | None,
+def write_gguf(loaded: LoadedModel, path: Path, spec: QuantSpec, recipe: dict | None,
                progress: bool = False) -> dict:
     """Write `loaded.model` to `path` at `spec` (a direct type); returns what was chosen."""
     model = loaded.model
