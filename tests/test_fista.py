@@ -183,3 +183,11 @@ def test_fista_layer_error_below_criterion_alone():
 def test_bad_options_are_user_errors(kw, match):
     with pytest.raises(UserError, match=match):
         sparsify(tiny_model().model, CALIB, SparsityOptions(**kw), torch.device("cpu"), progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 semi-structured matmul needs a CUDA GPU")
+def test_semi_structured_matmul_matches_dense():
+    from benchmarks.sparsity_table import semi_structured_timing
+
+    res = semi_structured_timing(1024, 1024, 1024, reps=5)
+    assert res["max_rel_diff"] < 1e-2 and res["dense_s"] > 0 and res["sparse_s"] > 0
