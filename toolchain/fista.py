@@ -12,19 +12,26 @@ needed (the Gram form): with H = E[x* x*ᵀ], B = W E[x x*ᵀ] and G = E[x xᵀ]
 
 Rows are independent problems sharing H, so operators fed the same input
 (q/k/v, gate/up) are solved as one stacked matrix, and λ is a vector with one
-entry per output row, found by bisection so that every row's FISTA solution has
-(about) the target number of non-zeros; a final hard threshold then makes the
-pattern exact: per-row top-k for unstructured, 2 of every 4 along the input for
-2:4. Columns are rescaled by d = √diag(H) before iterating (V = W* · d): the
-same problem with a weighted ℓ₁ (threshold λ/d_j), but a Gram matrix with unit
-diagonal, so FISTA's step 1/L is not dictated by a few outlier channels. The
-final threshold ranks by |V| = |W*|·‖x*_j‖ (Wanda's score of the solution).
+entry per output row. Columns are rescaled by d = √diag(H) before iterating
+(V = W* · d): the same minimiser, with a weighted ℓ₁ (threshold λ/d_j) and a
+Gram matrix with unit diagonal, so FISTA's step 1/L is not dictated by a few
+outlier channels (SmolLM2's activations span orders of magnitude).
 
-For every λ the thresholded solution is a candidate; per row the one with the
-least reconstruction error wins, the warm start (the criterion's mask on W) is
-candidate zero, so the result is never worse than the criterion alone on the
-calibration data. Optionally the kept weights are then refitted with λ = 0 on
-the fixed mask (`refit_iters`), which removes the ℓ₁ shrinkage bias.
+λ search: per row, bisection in log space on [10⁻⁶, 1]·λ_max (λ_max = max_j |B_ij|
+makes W* = 0 optimal): after `iters` FISTA iterations (warm-started from the
+previous step's solution — the first from the criterion's mask on W) a row with
+more non-zeros than its budget k raises its λ, otherwise lowers it. After every
+step a hard threshold makes the pattern exact — per-row top-k of |V| = |W*|·‖x*_j‖
+(Wanda's score of the solution) for unstructured, 2 of every 4 along the input
+for 2:4 — and the thresholded matrix is a candidate. Per row the candidate with
+the least reconstruction error wins; the warm start is candidate zero, so the
+result is never worse than the criterion alone on the calibration data.
+
+Refit: the ℓ₁ term shrinks the kept weights, so the winner is refitted with
+λ = 0 on its fixed mask (`refit_iters` conjugate-gradient iterations, one CG
+per row, batched) — a least-squares debias, kept only where it lowers the error.
+Measured on SmolLM2 layer statistics: 20 CG iterations reach what ~100 FISTA
+iterations on the same mask do.
 """
 
 from __future__ import annotations
@@ -115,7 +122,7 @@ class FistaResult:
     weight: torch.Tensor  # [out, in], zeros outside the mask
     mask: torch.Tensor  # [out, in] bool, exactly the pattern
     lam: torch.Tensor  # [out] λ of the winning candidate per row (0 where the warm start won)
-    iterations: int  # FISTA iterations run in total
+    iterations: int  # FISTA + refit (CG) iterations run in total
     err_before: float  # relative error ‖(W⊙M₀)X* − WX‖² / ‖WX‖² of the warm start
     err_after: float  # the same for the result
     warm_start_rows: int  # rows where the warm start stayed the best candidate
