@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,9 +53,9 @@ def exported(request, tmp_path_factory):
     return loaded, out, summary
 
 
-def _torch_logits(model, ids, **kw) -> np.ndarray:
+def _torch_logits(model, ids) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.as_tensor(ids), **kw).logits.numpy()
+        return model(torch.as_tensor(ids)).logits.numpy()
 
 
 def test_widths_are_really_per_layer():

@@ -1,6 +1,7 @@
 """Regenerate the README's ONNX table: SmolLM2 dense vs pruned, fp32 / int8 / int4.
 
-    python -m exporters.onnx.report OUT [--pruned CHECKPOINT] [--seqlen 256] [--windows 4]
+    python -m exporters.onnx.report OUT [--pruned CHECKPOINT] [--models dense pruned]
+                                        [--seqlen 256] [--windows 4]
 
 Every cell is measured: each model is exported, reloaded in onnxruntime (CPU)
 and compared with PyTorch on the held-out legal text. Without --pruned the
@@ -93,12 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                    "default: random per-layer widths stand-in")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--models", nargs="+", choices=("dense", "pruned"), default=["dense", "pruned"],
+                   help="which rows to (re)measure; rows of the other model in OUT/results.json are kept")
     args = p.parse_args(argv)
-    dense = load_model(args.dense)
-    pruned = load_model(args.pruned) if args.pruned else random_widths_model(dense)
-    rows = []
-    for label, loaded in (("dense", dense), ("pruned", pruned)):
+    old = args.out / "results.json"
+    rows = [r for r in (json.loads(old.read_text()) if old.is_file() else [])
+            if r["model"] not in args.models]
+    dense = load_model(args.dense) if "dense" in args.models or not args.pruned else None
+    for label in args.models:
+        loaded = dense if label == "dense" else (
+            load_model(args.pruned) if args.pruned else random_widths_model(dense))
         rows += measure_exports(loaded, label, args.out, ONNX_QUANTS, args.seqlen, args.windows)
+    rows.sort(key=lambda r: (r["model"], ONNX_QUANTS.index(r["quant"])))
     table = markdown(rows)
     for name, text in (("results.json", json.dumps(rows, indent=1, default=str)), ("results.md", table)):
         with atomic_path(args.out / name) as tmp:
