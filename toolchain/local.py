@@ -37,7 +37,6 @@ from .errors import UserError
 from .pipeline import LayerRunner
 
 INPUTS = ("dense", "pruned")
-PARTS = ("attn", "mlp", "block")
 
 
 @dataclass
@@ -221,6 +220,40 @@ class _Refiner:
                 p.requires_grad_(flag)
 
 
+    def refine(self, sub: Submodel, dense: nn.Module, pruned: nn.Module, dense_h: torch.Tensor,
+               pruned_h: torch.Tensor | None, steps: int, bar: tqdm):
+        """Train one submodel; returns its report row and both streams at its output."""
+        start = time.perf_counter()
+        mods = (sub.modules(dense), sub.modules(pruned))
+        dtypes = [next(m[0].parameters()).dtype for m in mods]
+        for m in mods:
+            _place(m, self.device, torch.float32)
+        targets = self.outputs(sub, dense, dense_h)  # also the dense stream's next input
+        inputs, keep = (dense_h, False) if pruned_h is None else (pruned_h, True)
+        before, _ = self.measure(sub, pruned, inputs, targets, keep=False)
+        bar.set_description(f"local {sub.name}")
+        running: list[float] = []
+
+        def on_step(loss: float) -> None:
+            running.append(loss)
+            bar.set_postfix(mse=f"{sum(running[-8:]) / len(running[-8:]):.4g}", before=f"{before:.4g}")
+            bar.update()
+
+        start_state = [copy.deepcopy(m.state_dict()) for m in mods[1]]
+        self.train(sub, pruned, inputs, targets, steps, on_step)
+        after, out = self.measure(sub, pruned, inputs, targets, keep)
+        reverted = not after < before  # never leave a submodel worse than it started
+        if reverted:
+            for m, state in zip(mods[1], start_state):
+                m.load_state_dict(state)
+            after, out = self.measure(sub, pruned, inputs, targets, keep) if keep else (before, None)
+        for m, dtype in zip(mods, dtypes):
+            _place(m, torch.device("cpu"), dtype)
+        row = {"layers": list(sub.layers), "part": sub.part, "loss_before": before, "loss_after": after,
+               "reverted": reverted, "steps": steps, "seconds": time.perf_counter() - start}
+        return row, targets, out
+
+
 def _check_pair(dense: nn.Module, pruned: nn.Module) -> None:
     if type(dense) is not type(pruned):
         raise UserError(f"dense and pruned models differ in class ({type(dense).__name__} vs "
@@ -242,7 +275,6 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
     opts.validate()
     _check_pair(dense, pruned)
     run = _Refiner(dense, calib_ids, opts, device)
-    dtypes = (next(dense.parameters()).dtype, next(pruned.parameters()).dtype)
     parts = submodels(opts.granularity, len(pruned.model.layers))
     steps = opts.steps or default_steps(len(calib_ids), opts.batch_size)
     dense_h = run.ctx.hidden
@@ -251,38 +283,8 @@ def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tens
     bar = tqdm(total=len(parts) * steps, desc="local", unit="step", disable=not progress, leave=False)
     try:
         for sub in parts:
-            start = time.perf_counter()
-            mods = (sub.modules(dense), sub.modules(pruned))
-            for m in mods:
-                _place(m, device, torch.float32)
-            targets = run.outputs(sub, dense, dense_h)
-            inputs = pruned_h if pruned_h is not None else dense_h
-            before, _ = run.measure(sub, pruned, inputs, targets, keep=False)
-            bar.set_description(f"local {sub.name}")
-            running: list[float] = []
-
-            def on_step(loss: float) -> None:
-                running.append(loss)
-                bar.set_postfix(mse=f"{sum(running[-8:]) / len(running[-8:]):.4g}", before=f"{before:.4g}")
-                bar.update()
-
-            start_state = [copy.deepcopy(m.state_dict()) for m in mods[1]]
-            run.train(sub, pruned, inputs, targets, steps, on_step)
-            keep = pruned_h is not None
-            after, out = run.measure(sub, pruned, inputs, targets, keep)
-            reverted = not after < before  # never leave a submodel worse than it started
-            if reverted:
-                for m, state in zip(mods[1], start_state):
-                    m.load_state_dict(state)
-                after, out = run.measure(sub, pruned, inputs, targets, keep)
-            del start_state
-            for m, dtype in zip(mods, dtypes):
-                _place(m, torch.device("cpu"), dtype)
-            dense_h = targets  # the dense stream's next input is this submodel's dense output
-            pruned_h = out
-            report.append({"layers": list(sub.layers), "part": sub.part, "loss_before": before,
-                           "loss_after": after, "reverted": reverted, "steps": steps,
-                           "seconds": time.perf_counter() - start})
+            row, dense_h, pruned_h = run.refine(sub, dense, pruned, dense_h, pruned_h, steps, bar)
+            report.append(row)
     finally:
         bar.close()
     return report
