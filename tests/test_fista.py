@@ -191,3 +191,36 @@ def test_semi_structured_matmul_matches_dense():
 
     res = semi_structured_timing(1024, 1024, 1024, reps=5)
     assert res["max_rel_diff"] < 1e-2 and res["dense_s"] > 0 and res["sparse_s"] > 0
+
+
+
+def _two_four_tiny():
+    loaded = tiny_model(seed=5)
+    sparsify(loaded.model, CALIB, SparsityOptions(pattern="2:4", **QUICK), torch.device("cpu"), progress=False)
+    return loaded
+
+
+def test_sparse_model_exports_to_gguf_and_verifies_in_llamacpp(tmp_path):
+    """Shapes are unchanged, so the exporter applies as-is; the zeros survive in the file
+    (it shrinks under general-purpose compression, not on disk or in llama.cpp's dense kernels)."""
+    import gzip
+
+    from exporters.gguf.export import export_gguf
+    from tests.tiny import SAMPLE_TEXT
+
+    sizes = {}
+    for key, lm in (("dense", tiny_model(seed=5)), ("sparse", _two_four_tiny())):
+        path = tmp_path / f"{key}.gguf"
+        s = export_gguf(lm, path, quant="f32", verify_text=SAMPLE_TEXT, verify_seqlen=64, verify_windows=2,
+                        progress=False)
+        assert s["passed"], s["failures"]
+        sizes[key] = (path.stat().st_size, len(gzip.compress(path.read_bytes(), 6)))
+    assert abs(sizes["sparse"][0] - sizes["dense"][0]) < 0.01 * sizes["dense"][0]  # dense tensors, same shapes
+    assert sizes["sparse"][1] < 0.9 * sizes["dense"][1]
+
+
+@pytest.mark.slow  # the torch.onnx dynamo export takes minutes on a loaded 2-core machine
+def test_sparse_model_exports_to_onnx_and_verifies_in_onnxruntime(tmp_path):
+    from exporters.onnx import export_onnx
+
+    assert export_onnx(_two_four_tiny(), tmp_path / "onnx", progress=False)["verification"]["passed"]
