@@ -22,7 +22,7 @@ from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
 
-WINDOWS, SEQLEN = 8, 256
+WINDOWS, SEQLEN = 6, 256
 
 
 def per_layer_plan(model, seed: int = 0) -> PruningPlan:
