@@ -88,11 +88,16 @@ def _sizes(out_dir: Path) -> dict:
 
 def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe: dict | None = None,
                 verify: bool = True, verify_text: str | None = None, verify_seqlen: int = 256,
-                progress: bool = True, verify_windows: int = VERIFY_WINDOWS) -> dict:
+                progress: bool = True, verify_windows: int = VERIFY_WINDOWS,
+                float_onnx: Path | None = None) -> dict:
     """Export `loaded` to the directory `out_path` (model.onnx, io.json, tokenizer files).
 
     `out_path` is either that directory or the .onnx file inside it (`OUT/model.onnx`);
     the whole directory is written atomically and replaces an earlier export there.
+
+    `float_onnx`: an fp32 export of this same model (export_onnx(..., quant="none"))
+    to quantise instead of tracing again (tracing is the slow part); verification
+    still compares against `loaded.model`, so a graph of another model fails it.
 
     Returns a summary: paths, bytes, quant and (when `verify`) the verification
     numbers. Raises UserError on bad arguments and VerificationError when the
@@ -104,6 +109,7 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
     model = loaded.model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_ABOVE
+    kv = kv_heads(model)
     ids: list[int] = []
     if verify:  # a text too short for one window is bad input: say so before the slow part
         ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
@@ -111,14 +117,21 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
     t0 = time.perf_counter()
     with atomic_path(out_dir, is_dir=True) as tmp:
         onnx_file = tmp / name
-        float_dir = tmp / ".float" if quant != "none" else tmp
-        float_dir.mkdir(exist_ok=True)
-        _log(progress, t0, f"tracing {len(kv_heads(model))} layers (KV heads {kv_heads(model)}) to ONNX")
-        trace_to_onnx(model, float_dir / name, external)
-        if quant != "none":
+
+        def trace(f: Path) -> None:
+            _log(progress, t0, f"tracing {len(kv)} layers (KV heads {kv}) to ONNX")
+            trace_to_onnx(model, f, external)
+
+        if quant == "none":
+            trace(onnx_file)
+        else:
+            src = iospec.model_file(float_onnx) if float_onnx is not None else tmp / ".float" / name
+            if float_onnx is None:
+                src.parent.mkdir()
+                trace(src)
             _log(progress, t0, f"quantising weights to {quant}")
-            quantize(float_dir / name, onnx_file, quant, external)
-            shutil.rmtree(float_dir)
+            quantize(src, onnx_file, quant, external)
+            shutil.rmtree(tmp / ".float", ignore_errors=True)
         loaded.tokenizer.save_pretrained(tmp)
         io = _io_json(loaded, name, quant, external, recipe)
         summary: dict = {"format": "onnx", "quant": quant, "external_data": external}

@@ -61,15 +61,21 @@ def random_widths_model(dense: LoadedModel, seed: int = 0) -> LoadedModel:
 
 
 def measure_exports(loaded: LoadedModel, label: str, out: Path, quants: tuple[str, ...],
-                    seqlen: int, windows: int) -> list[dict]:
-    """Export `loaded` once per quantisation and measure each against PyTorch."""
+                    seqlen: int, windows: int, reuse: bool, save) -> list[dict]:
+    """Export `loaded` once per quantisation (tracing once: the quantised graphs are made
+    from the fp32 one) and measure each against PyTorch; `save(rows)` after every row."""
     ids = encode(loaded.tokenizer, heldout_text())
-    rows = []
+    rows, float_dir = [], out / f"{label}-none"
     for quant in quants:
-        s = export_onnx(loaded, out / f"{label}-{quant}", quant=quant, verify=False)
-        stats = measure(loaded.model, OnnxDecoder(s["path"]), ids, quant, seqlen, windows)
-        rows.append({"model": label, "quant": quant, "model_bytes": s["model_bytes"], **stats})
+        target = out / f"{label}-{quant}"
+        if not (reuse and (target / "io.json").is_file()):
+            export_onnx(loaded, target, quant=quant, verify=False,
+                        float_onnx=float_dir if (float_dir / "io.json").is_file() else None)
+        size = sum(f.stat().st_size for f in target.glob("model.onnx*"))
+        stats = measure(loaded.model, OnnxDecoder(target), ids, quant, seqlen, windows)
+        rows.append({"model": label, "quant": quant, "model_bytes": size, **stats})
         print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
+        save(rows)
     return rows
 
 
@@ -94,23 +100,31 @@ def main(argv: list[str] | None = None) -> int:
                    "default: random per-layer widths stand-in")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--reuse", action="store_true",
+                   help="measure exports already in OUT instead of exporting them again")
     p.add_argument("--models", nargs="+", choices=("dense", "pruned"), default=["dense", "pruned"],
                    help="which rows to (re)measure; rows of the other model in OUT/results.json are kept")
     args = p.parse_args(argv)
     old = args.out / "results.json"
-    rows = [r for r in (json.loads(old.read_text()) if old.is_file() else [])
+    kept = [r for r in (json.loads(old.read_text()) if old.is_file() else [])
             if r["model"] not in args.models]
+    done: list[dict] = []
+
+    def save(rows: list[dict]) -> None:
+        merged = sorted(kept + done + rows, key=lambda r: (r["model"], ONNX_QUANTS.index(r["quant"])))
+        for name, text in (("results.json", json.dumps(merged, indent=1, default=str)),
+                           ("results.md", markdown(merged))):
+            with atomic_path(args.out / name) as tmp:
+                tmp.write_text(text + "\n")
+
     dense = load_model(args.dense) if "dense" in args.models or not args.pruned else None
     for label in args.models:
         loaded = dense if label == "dense" else (
             load_model(args.pruned) if args.pruned else random_widths_model(dense))
-        rows += measure_exports(loaded, label, args.out, ONNX_QUANTS, args.seqlen, args.windows)
-    rows.sort(key=lambda r: (r["model"], ONNX_QUANTS.index(r["quant"])))
-    table = markdown(rows)
-    for name, text in (("results.json", json.dumps(rows, indent=1, default=str)), ("results.md", table)):
-        with atomic_path(args.out / name) as tmp:
-            tmp.write_text(text + "\n")
-    print(table)
+        done += measure_exports(loaded, label, args.out, ONNX_QUANTS, args.seqlen, args.windows,
+                                args.reuse, save)
+    table = (args.out / "results.md").read_text()
+    print(table, end="")
     return 0
 
 
