@@ -71,6 +71,7 @@ def test_dense_is_llama_with_scalar_widths(tmp_path):
     assert vtype.name == "UINT32" and value == 4
     assert field(layout, "llama.feed_forward_length")[2] == 128
     assert "output.weight" in {t.name for t in layout.tensors}  # tiny models are untied
+    assert (tmp_path / "m.gguf").stat().st_mode & 0o044  # not the 0600 of a temp file
 
 
 def test_uniform_pruned_widths_stay_llama(tmp_path):
