@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from .atomic import atomic_path
 from .calibration import calibration_ids
 from .cliutil import quiet_libraries, run_main
 from .criteria import CRITERIA
-from .errors import UserError
+from .errors import UserError, VerificationError
 from .manifest import verify_manifest, write_manifest
 from .models import LoadedModel, load_model
 from .params import param_summary
@@ -131,6 +132,31 @@ def _check_output(out: Path, force: bool) -> None:
         raise UserError(f"output directory {out} is not empty: choose another -o or pass --force")
 
 
+def _check_disk(out: Path, n_params: int, formats: list[str], onnx_quant: str) -> None:
+    """Refuse to start when the output disk cannot hold the artifacts (float32 upper bound).
+
+    Each format is at most one float32 copy of the weights, plus one float32
+    intermediate for the quantisers; the temporary directory sits beside `out`.
+    """
+    copies = len(formats) + (1 if "gguf" in formats else 0) + (1 if onnx_quant != "none" else 0)
+    need = int(n_params * 4 * copies * 1.05)
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise UserError(f"not enough disk space in {parent}: the artifacts need up to {need / 2**30:.2f} GiB, "
+                        f"{free / 2**30:.2f} GiB free; free space or choose another -o")
+
+
+def _check_finite(model: torch.nn.Module) -> None:
+    """Never write NaN/Inf into an artifact."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise VerificationError(f"weight {name} is not finite after compression: try a larger --ridge, "
+                                    "--reconstruct bias, or other calibration text")
+
+
 def _recipe(args: argparse.Namespace, opts: CompressOptions, loaded: LoadedModel) -> dict:
     import transformers
 
@@ -200,6 +226,7 @@ def export_command(argv: Sequence[str]) -> int:
         raise UserError("the input is already a pruned checkpoint: prune the dense model instead "
                         "(or pass --sparsity 0 to re-export it)")
     dense_params = param_summary(loaded.model)
+    _check_disk(out, dense_params["total"], args.to or ["gguf"], args.onnx_quant)
     timings = {"load": time.perf_counter() - t0}
     used: list[dict] = []
     local_report: list[dict] | None = None
@@ -225,6 +252,7 @@ def export_command(argv: Sequence[str]) -> int:
         from .pipeline import dense_plan
         plan = dense_plan(loaded.model)
     loaded.model.to("cpu")
+    _check_finite(loaded.model)
     pruned_params = param_summary(loaded.model)
     recipe = _recipe(args, opts, loaded)
     if local:

@@ -95,6 +95,9 @@ def _from_pretrained(source: dict, trust_remote_code: bool, dtype: torch.dtype):
     where = source["path"]
     if source["kind"] == "gguf":
         where, kw["gguf_file"] = str(Path(source["path"]).parent), Path(source["path"]).name
+    elif source["kind"] == "dir" and not any(Path(where).glob("*.safetensors")):
+        raise UserError(f"{where} has no .safetensors weights: liar-export never unpickles .bin/.pt "
+                        "checkpoints (they can run code); convert the model to safetensors first")
     try:
         config = AutoConfig.from_pretrained(where, **kw)
     except (OSError, ValueError) as e:
@@ -102,7 +105,11 @@ def _from_pretrained(source: dict, trust_remote_code: bool, dtype: torch.dtype):
         hint = " (no network access to the hub? pass a local directory)" if source["kind"] == "hub" else ""
         raise UserError(f"cannot load model {source['path']}: {first}{hint}") from None
     check_architecture(config)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
+    weights_kw = {} if source["kind"] == "gguf" else {"use_safetensors": True}  # never unpickle
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **weights_kw, **kw)
+    except OSError as e:
+        raise UserError(f"cannot load weights of {source['path']}: {str(e).splitlines()[0]}") from None
     tokenizer = AutoTokenizer.from_pretrained(where, **kw)
     return model, tokenizer
 
