@@ -34,6 +34,19 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
+def _default_modes(path: Path) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give artifacts the modes a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_file():
+        os.chmod(path, 0o666 & ~umask)
+        return
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def _temp_sibling(target: Path, is_dir: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
@@ -62,6 +75,7 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
     tmp = _temp_sibling(target, is_dir)
     try:
         yield tmp
+        _default_modes(tmp)
         _fsync_tree(tmp)
         if is_dir and target.exists():
             _remove(target)

@@ -111,7 +111,26 @@ def _from_pretrained(source: dict, trust_remote_code: bool, dtype: torch.dtype):
     except OSError as e:
         raise UserError(f"cannot load weights of {source['path']}: {str(e).splitlines()[0]}") from None
     tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    if source["kind"] == "gguf":
+        _match_gguf_pretokenizer(tokenizer, source["path"])
     return model, tokenizer
+
+
+def _match_gguf_pretokenizer(tokenizer, gguf_path: str) -> None:
+    """transformers rebuilds a GGUF's BPE tokenizer with a plain ByteLevel pre-tokenizer;
+    llama.cpp's `smollm` pre-tokenizer first splits every digit (regex \\p{N}). Match it, so
+    PyTorch and llama.cpp see the same token ids for the same text."""
+    from tokenizers import pre_tokenizers
+
+    from exporters.gguf.layout import read_layout
+
+    key = "tokenizer.ggml.pre"
+    pre = read_layout(gguf_path, keep=lambda k: k == key).fields.get(key, (None, None, None))[2]
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if pre == "smollm" and backend is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
 
 
 def load_model(spec: str | None, *, trust_remote_code: bool = False,

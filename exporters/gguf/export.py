@@ -47,13 +47,6 @@ def _write(loaded: LoadedModel, tmp: Path, spec: QuantSpec, recipe: dict | None,
         intermediate.unlink(missing_ok=True)
 
 
-def _readable(path: Path) -> None:
-    """Give the artifact the permissions a normal file gets (temp files start as 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def export_gguf(loaded: LoadedModel, out_path: str | Path, quant: str = DEFAULT_QUANT,
                 recipe: dict | None = None, verify: bool = True, verify_text: str | None = None,
                 verify_seqlen: int = 256, progress: bool = True, verify_windows: int = 4,
@@ -75,7 +68,6 @@ def export_gguf(loaded: LoadedModel, out_path: str | Path, quant: str = DEFAULT_
     with atomic_path(out_path) as tmp:
         _say(progress, f"writing {out_path} ({spec.name})")
         info = _write(loaded, tmp, spec, recipe, progress, n_threads)
-        _readable(tmp)
         types, fallbacks = inspect_types(tmp, spec)
         report_fallbacks(fallbacks, spec)
         summary = {"path": str(out_path), "bytes": tmp.stat().st_size,
