@@ -1,10 +1,15 @@
-"""Weight quantisation with onnxruntime's own tools.
+"""Weight-only quantisation with onnxruntime's own MatMulNBits quantiser.
 
-- int8: `quantize_dynamic` (int8 weights per output channel, activations
-  quantised on the fly) on every MatMul with a constant weight.
-- int4: `MatMulNBitsQuantizer` (weight-only, symmetric, blocks of 32 along the
-  input dimension; odd pruned widths are padded by the quantiser).
-Attention score MatMuls have no constant operand and stay float.
+Every MatMul with a constant weight (q/k/v/o, gate/up/down, LM head) becomes a
+MatMulNBits node: symmetric, blocks of 32 along the input dimension (odd
+pruned widths are padded by the quantiser); attention score MatMuls have no
+constant operand and stay float, as do embeddings and norms.
+
+- int8: 8-bit weights. Dynamic int8 (`quantize_dynamic`, which also quantises
+  activations per tensor) was measured on SmolLM2-135M at +54% perplexity and
+  62% top-1 agreement: a few channels carry huge activations. 8-bit weight-only
+  stays within 0.1%.
+- int4: 4-bit weights.
 """
 
 from __future__ import annotations
@@ -15,46 +20,34 @@ import logging
 from pathlib import Path
 
 ONNX_QUANTS = ("none", "int8", "int4")
-INT4_BLOCK_SIZE = 32
-
-
-def quantize(src: Path, dst: Path, quant: str, external_data: bool) -> None:
-    """Write the `quant` version of the float model `src` to `dst`."""
-    if quant == "int8":
-        _int8(src, dst, external_data)
-    elif quant == "int4":
-        _int4(src, dst, external_data)
-    else:
-        raise ValueError(f"not a quantisation: {quant!r}")
+BITS = {"int8": 8, "int4": 4}
+BLOCK_SIZE = 32
 
 
 @contextlib.contextmanager
 def _quiet():
-    """The quantisers log every skipped node at INFO/WARNING and print to stdout."""
-    root = logging.getLogger()
-    level = root.level
+    """The quantiser logs every node at INFO and prints to stdout."""
+    root, qlog = logging.getLogger(), logging.getLogger("onnxruntime.quantization")
+    levels = root.level, qlog.level
     root.setLevel(logging.ERROR)
+    qlog.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        root.setLevel(levels[0])
+        qlog.setLevel(levels[1])
 
 
-def _int8(src: Path, dst: Path, external_data: bool) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet():
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8, use_external_data_format=external_data)
-
-
-def _int4(src: Path, dst: Path, external_data: bool) -> None:
+def quantize(src: Path, dst: Path, quant: str, external_data: bool) -> None:
+    """Write the `quant` version of the float model `src` to `dst`."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    if quant not in BITS:
+        raise ValueError(f"not a quantisation: {quant!r}")
     with _quiet():
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=INT4_BLOCK_SIZE,
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=BITS[quant], block_size=BLOCK_SIZE,
                                  is_symmetric=True)
         q.process()
         q.model.save_model_to_file(str(dst), use_external_data_format=external_data)

@@ -22,7 +22,7 @@ from .runtime import OnnxDecoder
 FP32_DLOGIT_REL = 1e-3
 TOLERANCES = {
     "none": {"max_ppl_increase": 0.005, "min_top1": 0.99},
-    "int8": {"max_ppl_increase": 0.10, "min_top1": 0.80},
+    "int8": {"max_ppl_increase": 0.02, "min_top1": 0.95},
     "int4": {"max_ppl_increase": 0.35, "min_top1": 0.65},
 }
 DECODE_STEPS = 8
