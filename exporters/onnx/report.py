@@ -1,7 +1,7 @@
 """Regenerate the README's ONNX table: SmolLM2 dense vs pruned, fp32 / int8 / int4.
 
     python -m exporters.onnx.report OUT [--pruned CHECKPOINT] [--models dense pruned]
-                                        [--seqlen 256] [--windows 4]
+                                        [--quants none int8 int4] [--reuse] [--seqlen 256] [--windows 4]
 
 Every cell is measured: each model is exported, reloaded in onnxruntime (CPU)
 and compared with PyTorch on the held-out legal text. Without --pruned the
@@ -103,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true",
                    help="measure exports already in OUT instead of exporting them again")
     p.add_argument("--models", nargs="+", choices=("dense", "pruned"), default=["dense", "pruned"],
-                   help="which rows to (re)measure; rows of the other model in OUT/results.json are kept")
+                   help="which rows to (re)measure; other rows in OUT/results.json are kept")
+    p.add_argument("--quants", nargs="+", choices=ONNX_QUANTS, default=list(ONNX_QUANTS))
     args = p.parse_args(argv)
     old = args.out / "results.json"
     kept = [r for r in (json.loads(old.read_text()) if old.is_file() else [])
-            if r["model"] not in args.models]
+            if r["model"] not in args.models or r["quant"] not in args.quants]
     done: list[dict] = []
 
     def save(rows: list[dict]) -> None:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.models:
         loaded = dense if label == "dense" else (
             load_model(args.pruned) if args.pruned else random_widths_model(dense))
-        done += measure_exports(loaded, label, args.out, ONNX_QUANTS, args.seqlen, args.windows,
+        done += measure_exports(loaded, label, args.out, tuple(args.quants), args.seqlen, args.windows,
                                 args.reuse, save)
     table = (args.out / "results.md").read_text()
     print(table, end="")
