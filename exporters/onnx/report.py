@@ -29,7 +29,7 @@ from toolchain.texts import heldout_text
 from .export import export_onnx
 from .quantize import ONNX_QUANTS
 from .runtime import OnnxDecoder
-from .verify import measure
+from .verify import judge, measure
 
 
 def random_widths_plan(model, seed: int = 0, keep: float = 0.5, round_to: int = 32) -> PruningPlan:
@@ -88,7 +88,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['model_bytes'] / 1e6:.1f} MB | {r['perplexity_torch']:.3f} | "
                      f"{r['perplexity_onnx']:.3f} | {r['perplexity_ratio']:.4f} | "
                      f"{r['max_abs_dlogit']:.2e} / {r['max_abs_dlogit_kv']:.2e} | "
-                     f"{r['top1_agreement']:.3f} | {'yes' if r['passed'] else 'NO'} |")
+                     f"{r['top1_agreement']:.3f} | {'no' if judge(r, r['quant']) else 'yes'} |")
     return "\n".join(lines)
 
 
