@@ -69,6 +69,18 @@ def _timed_forward(model, ids: torch.Tensor, batch: int) -> float:
     return time.perf_counter() - start
 
 
+def measure_cost(dense, ids: torch.Tensor, opts: CompressOptions) -> dict:
+    """End-to-end compression vs one plain forward pass, same process, same tokens."""
+    forward_s = _timed_forward(dense, ids, opts.batch_size)
+    model = copy.deepcopy(dense)
+    with PeakRSS() as mem:
+        res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run()
+    cost = {"forward_seconds": forward_s, "compress_seconds": res.seconds, "ratio": res.seconds / forward_s,
+            "peak_rss_mb": mem.peak / 2**20, "extra_rss_mb": mem.extra_mb, "recipe": vars(opts)}
+    print(f"cost: compress {res.seconds:.1f}s vs forward {forward_s:.1f}s (×{cost['ratio']:.2f})", flush=True)
+    return cost
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", required=True, help="output prefix (.json and .md are written)")
@@ -80,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--eval-seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=32)
+    p.add_argument("--global-only-criteria", default="",
+                   help="criteria run with global allocation only (to bound the grid's cost)")
     p.add_argument("--sequential", action="store_true", help="also run the default recipe in sequential mode")
+    p.add_argument("--skip-cost", action="store_true", help="skip the end-to-end cost measurement")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
@@ -93,24 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
     rows: list[dict] = []
 
-    # cost: end-to-end default recipe vs one plain forward pass, same process, same tokens
-    forward_s = _timed_forward(dense, ids, 8)
     default = CompressOptions()
-    model = copy.deepcopy(dense)
-    with PeakRSS() as mem:
-        res = Compressor(model, ids, default, torch.device("cpu"), progress=False).run()
-    cost = {"forward_seconds": forward_s, "compress_seconds": res.seconds,
-            "ratio": res.seconds / forward_s, "peak_rss_mb": mem.peak / 2**20, "extra_rss_mb": mem.extra_mb,
-            "recipe": vars(default)}
-    print(f"cost: compress {res.seconds:.1f}s vs forward {forward_s:.1f}s (×{cost['ratio']:.2f})", flush=True)
-    del model
+    cost = None if args.skip_cost else measure_cost(dense, ids, default)
 
     start = time.perf_counter()
     with PeakRSS() as mem:
         stats = Compressor(dense, ids, default, torch.device("cpu"), progress=False).collect_stats(full=True)
     shared = {"seconds": time.perf_counter() - start, "extra_rss_mb": mem.extra_mb}
-    grid = itertools.product([float(s) for s in args.sparsities.split(",")], args.criteria.split(","),
-                             args.reconstruct.split(","), args.allocations.split(","))
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    methods = args.reconstruct.split(",")
+    grid = list(itertools.product(sparsities, args.criteria.split(","), methods, args.allocations.split(",")))
+    grid += itertools.product(sparsities, [c for c in args.global_only_criteria.split(",") if c], methods, ["global"])
     for sparsity, criterion, method, allocation in grid:
         opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation)
         model = copy.deepcopy(dense)
@@ -167,6 +175,8 @@ def markdown(result: dict) -> str:
         lines += ["", "| sparsity | mode | perplexity | time (s) |", "|---|---|---|---|"]
         lines += [f"| {r['sparsity']} | sequential | {r['perplexity']:.1f} | {r['seconds']:.1f} |" for r in seq]
     c = result["cost"]
+    if c is None:
+        return "\n".join(lines + [""])
     lines += ["", f"Cost of the default recipe end to end (one-shot, flap, liar, global, "
               f"{result['calibration']['samples']}×{result['calibration']['seqlen']} pydoc tokens): "
               f"{c['compress_seconds']:.1f} s vs {c['forward_seconds']:.1f} s for one plain forward pass over the "
