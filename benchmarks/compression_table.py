@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import platform
 import threading
@@ -117,8 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     shared = {"seconds": time.perf_counter() - start, "extra_rss_mb": mem.extra_mb}
     sparsities = [float(s) for s in args.sparsities.split(",")]
     methods = args.reconstruct.split(",")
-    grid = list(itertools.product(sparsities, args.criteria.split(","), methods, args.allocations.split(",")))
-    grid += itertools.product(sparsities, [c for c in args.global_only_criteria.split(",") if c], methods, ["global"])
+    # most informative first (a partial run still answers liar vs bias at both sparsities)
+    grid = [(s, c, m, a) for c in args.criteria.split(",") for a in args.allocations.split(",")
+            for s in sparsities for m in methods]
+    grid += [(s, c, m, "global") for c in args.global_only_criteria.split(",") if c
+             for s in sparsities for m in methods]
     for sparsity, criterion, method, allocation in grid:
         opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation)
         model = copy.deepcopy(dense)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write_outputs(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows))  # partial results survive
         del model
     if args.sequential:
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
@@ -141,18 +144,25 @@ def main(argv: list[str] | None = None) -> None:
                    "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "cost": cost,
-              "shared_statistics": shared, "rows": rows, "eval": {"text": "heldout_legal.txt",
-              "seqlen": args.eval_seqlen, "windows": args.eval_windows},
-              "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-              "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()}}
-    out = Path(args.output)
+    write_outputs(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows))
+    print(markdown(result_doc(args, dense_ppl, cost, shared, rows)))
+
+
+def result_doc(args, dense_ppl: float, cost: dict | None, shared: dict, rows: list[dict]) -> dict:
+    return {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "cost": cost,
+            "shared_statistics": shared, "rows": rows,
+            "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
+            "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
+            "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(result))
-    print(markdown(result))
 
 
 def markdown(result: dict) -> str:
