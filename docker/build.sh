@@ -50,8 +50,6 @@ fi
 if [[ "$engine" == docker ]]; then
     size=$(docker image inspect --format '{{.Size}}' "$tag")
 else
-    size=$(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" inspect --type image \
-        --format '{{range .Docker.RootFS.DiffIDs}}{{.}} {{end}}' "$tag" >/dev/null \
-        && buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" images --format '{{.Size}}' "$tag")
+    size=$(buildah --storage-driver "${BUILDAH_STORAGE_DRIVER:-vfs}" images --format "{{.Size}}" "$tag")
 fi
 echo "built $tag in $((SECONDS - start)) s, image size $size"
