@@ -8,7 +8,7 @@ constant operand and stay float, as do embeddings and norms.
 - int8: 8-bit weights. Dynamic int8 (`quantize_dynamic`, which also quantises
   activations per tensor) was measured on SmolLM2-135M at +54% perplexity and
   62% top-1 agreement: a few channels carry huge activations. 8-bit weight-only
-  stays within 0.1%.
+  measured -0.1% (dense) and +0.9% (50%-pruned) with 96-97% top-1 agreement.
 - int4: 4-bit weights.
 """
 
