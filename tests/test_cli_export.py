@@ -107,3 +107,15 @@ def test_bad_input_exit_2_and_nothing_written(case, tiny_dir, gpt2_dir, tmp_path
     else:
         assert not out.exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_export_2_4_pattern(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export(str(tiny_dir), "--to", "hf", "-o", str(out), "--pattern", "2:4", "--sparsity", "0.5",
+                  "--fista-iters", "2", "--fista-steps", "1", "--json", *FAST) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["recipe"]["pattern"]["options"]["pattern"] == "2:4"
+    assert abs(summary["sparsity"] - 0.5) < 1e-6
+    model = load_checkpoint(out / "hf").model
+    w = model.model.layers[0].mlp.down_proj.weight
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) == 2).all()

@@ -31,10 +31,14 @@ from .local import LocalOptions, local_reconstruct
 from .pipeline import MODES, CompressOptions, Compressor
 from .plan import PruningPlan
 from .reconstruct import METHODS
+from .fista import PATTERNS
+from .unstructured import CRITERIA as SPARSE_CRITERIA
+from .unstructured import SparsityOptions, sparsify
 from .texts import heldout_text, read_text_file
 
 FORMATS = ("hf", "gguf", "onnx")
 LOCAL_METHODS = ("local", "liar+local")
+SPARSE_METHODS = ("fista",)
 
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
@@ -77,10 +81,16 @@ def export_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("pruning")
     g.add_argument("--sparsity", type=float, default=0.2,
                    help="fraction of transformer-block parameters to remove, in [0, 1) (default 0.2; 0 = dense)")
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default="flap", help="channel importance (default flap)")
-    g.add_argument("--reconstruct", choices=METHODS + LOCAL_METHODS, default="liar",
-                   help="closed form: liar (default), bias (FLAP), none; local: AdamW refinement of each pruned "
-                   "submodel against the dense model's activations (liar+local = LIAR first)")
+    g.add_argument("--pattern", choices=("structured",) + PATTERNS, default="structured",
+                   help="structured (default): remove heads and FFN channels, tensors shrink; unstructured / 2:4: "
+                   "zero weights inside unchanged shapes (no CPU speed-up)")
+    g.add_argument("--criterion", choices=sorted(set(CRITERIA) | set(SPARSE_CRITERIA)), default=None,
+                   help="structured: flap (default), wanda-sp, magnitude, random; unstructured/2:4: wanda "
+                   "(default), magnitude")
+    g.add_argument("--reconstruct", choices=METHODS + LOCAL_METHODS + SPARSE_METHODS, default=None,
+                   help="structured: liar (default), bias (FLAP), none, local, liar+local (AdamW refinement of "
+                   "each pruned submodel against the dense model's activations); unstructured/2:4: fista "
+                   "(default), none")
     g.add_argument("--allocation", choices=ALLOCATIONS, default="global",
                    help="uniform: same widths in every layer; global: per-layer widths (default)")
     g.add_argument("--mode", choices=MODES, default="oneshot", help="statistics from the dense model (oneshot) or "
@@ -99,6 +109,11 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--local-lr", type=float, default=LocalOptions.lr, help=f"AdamW learning rate (default {LocalOptions.lr})")
     g.add_argument("--local-batch-size", type=int, default=LocalOptions.batch_size,
                    help=f"sequences per step (default {LocalOptions.batch_size})")
+    g = p.add_argument_group("FISTA (--pattern unstructured / 2:4 --reconstruct fista)")
+    g.add_argument("--fista-iters", type=int, default=SparsityOptions.iters, help="FISTA iterations per λ step")
+    g.add_argument("--fista-steps", type=int, default=SparsityOptions.steps, help="λ bisection steps")
+    g.add_argument("--fista-refit-iters", type=int, default=SparsityOptions.refit_iters,
+                   help="least-squares refit iterations on the final mask (0 = off)")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", default="pydoc", help="pydoc (default, offline), self (sampled from the model), "
                    "a .txt/.jsonl file, or a dataset name (wikitext2, c4; needs network)")
@@ -209,13 +224,26 @@ def export_command(argv: Sequence[str]) -> int:
     _check_output(out, args.force)
     device = _device(args.device)
     plan = PruningPlan.load(args.plan) if args.plan else None
+    structured = args.pattern == "structured"
+    args.criterion = args.criterion or ("flap" if structured else "wanda")
+    args.reconstruct = args.reconstruct or ("liar" if structured else "fista")
+    sparse = None
+    if not structured:
+        if plan is not None:
+            raise UserError("--plan replays structured pruning only; drop --plan or use --pattern structured")
+        sparse = SparsityOptions(pattern=args.pattern, sparsity=args.sparsity, criterion=args.criterion,
+                                 reconstruct=args.reconstruct, iters=args.fista_iters, steps=args.fista_steps,
+                                 refit_iters=args.fista_refit_iters, seed=args.seed, batch_size=args.batch_size)
+        sparse.validate()
     local = None
     if args.reconstruct in LOCAL_METHODS:
         local = LocalOptions(granularity=args.local_granularity, inputs=args.local_inputs, steps=args.local_steps,
                              lr=args.local_lr, batch_size=args.local_batch_size, seed=args.seed)
         local.validate()
     closed_form = {"local": "none", "liar+local": "liar"}.get(args.reconstruct, args.reconstruct)
-    opts = CompressOptions(sparsity=args.sparsity, criterion=args.criterion, reconstruct=closed_form,
+    opts = CompressOptions(sparsity=args.sparsity if structured else 0.0,
+                           criterion=args.criterion if structured else "flap",
+                           reconstruct=closed_form if structured else "liar",
                            allocation=args.allocation, mode=args.mode, round_to=args.round_to,
                            head_unit=args.head_unit, ridge=args.ridge, seed=args.seed, batch_size=args.batch_size)
     opts.validate()
@@ -230,7 +258,16 @@ def export_command(argv: Sequence[str]) -> int:
     timings = {"load": time.perf_counter() - t0}
     used: list[dict] = []
     local_report: list[dict] | None = None
-    if args.sparsity > 0 or plan is not None:
+    sparse_report: dict | None = None
+    if sparse is not None and args.sparsity > 0:
+        ids = calibration_ids(loaded.tokenizer, args.calib, args.calib_samples, args.calib_seqlen,
+                              args.seed, model=loaded.model)
+        _log(f"{args.pattern} sparsity {args.sparsity} ({args.criterion} + {args.reconstruct})")
+        sparse_report = sparsify(loaded.model, ids, sparse, device)
+        timings["compress"] = sparse_report["seconds"]
+        from .pipeline import dense_plan
+        plan = dense_plan(loaded.model)
+    elif args.sparsity > 0 or plan is not None:
         t = time.perf_counter()
         _log(f"calibrating on {args.calib} ({args.calib_samples}×{args.calib_seqlen} tokens)")
         ids = calibration_ids(loaded.tokenizer, args.calib, args.calib_samples, args.calib_seqlen,
@@ -257,6 +294,8 @@ def export_command(argv: Sequence[str]) -> int:
     recipe = _recipe(args, opts, loaded)
     if local:
         recipe["local_reconstruction"] = {"options": vars(local), "submodels": local_report}
+    if sparse:
+        recipe["pattern"] = {"options": vars(sparse), "achieved": sparse_report and sparse_report["sparsity"]}
     meta = {"plan": plan.to_json(), "recipe": recipe}
     t = time.perf_counter()
     with atomic_path(out, is_dir=True) as tmp:
@@ -268,11 +307,13 @@ def export_command(argv: Sequence[str]) -> int:
         summary = {
             "artifacts": {k: str(out / v) for k, v in artifacts.items()},
             "params": {"dense": dense_params, "pruned": pruned_params},
-            "sparsity": 1 - pruned_params["block"] / dense_params["block"],
+            # structured: block parameters removed; unstructured / 2:4: fraction of zeroed block weights
+            "sparsity": sparse_report["sparsity"] if sparse_report else 1 - pruned_params["block"] / dense_params["block"],
             "total_sparsity": 1 - pruned_params["total"] / dense_params["total"],
             "widths": loaded.model.config.liar_layers,
             "reconstruction": used,
             "local_reconstruction": local_report,
+            "unstructured": sparse_report,
             "exports": reports,
             "seconds": timings,
             "recipe": recipe,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
 
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LiarError
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
@@ -17,6 +22,7 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
     verbose = "--verbose" in args or "-v" in args
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format=f"{prog}: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)  # clean up temporaries as on Ctrl-C
     try:
         return main(args)
     except LiarError as e:
