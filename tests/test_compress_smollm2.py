@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from toolchain.checkpoint import load_checkpoint
-from toolchain.models import load_model
 from toolchain.perplexity import encode, perplexity, torch_logits_fn
 from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_s50_loads_back_and_generates(smollm2_s50):
+def test_smollm2_s50_loads_back_and_generates(smollm2_s50, smollm2_dense):
     s = smollm2_s50
     assert 0.45 < s["sparsity"] < 0.55
     widths = {(w["num_attention_heads"], w["intermediate_size"]) for w in s["widths"]}
@@ -28,7 +27,7 @@ def test_smollm2_s50_loads_back_and_generates(smollm2_s50):
     assert len(text.strip()) > 0
     ids = encode(tok, heldout_text())
     ppl = perplexity(torch_logits_fn(pruned.model), ids, 256, max_windows=8)["perplexity"]
-    dense = load_model(None)
+    dense = smollm2_dense
     dense_ppl = perplexity(torch_logits_fn(dense.model), ids, 256, max_windows=8)["perplexity"]
     print(f"held-out perplexity dense {dense_ppl:.2f} pruned {ppl:.2f}")
     assert dense_ppl < ppl < 20 * dense_ppl  # pruned is worse, but nowhere near collapse (>1e3)

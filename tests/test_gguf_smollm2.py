@@ -1,23 +1,19 @@
 """GGUF export of the real SmolLM2-135M-Instruct (slow; `pytest -m slow`).
 
 Dense at f16 must reproduce PyTorch's perplexity within 1%; a model with
-per-layer widths (a `deci` file) within 1% at f16 and 3% at q8_0; at q4_k_m
+the pipeline's 50%-pruned model (per-layer widths: a `deci` file) within 1% at f16 and 3% at q8_0; at q4_k_m
 it must load, generate text and report its perplexity. Verification uses
 WINDOWS windows of SEQLEN held-out tokens to stay within minutes.
 """
 
 from __future__ import annotations
 
-import copy
-import random
-
 import pytest
 
 from exporters.gguf import export_gguf
 from exporters.llamacpp import gguf_perplexity, open_llama
-from toolchain.models import LoadedModel, load_model, model_dims
-from toolchain.plan import LayerPlan, PruningPlan
-from toolchain.surgery import apply_plan
+from toolchain.checkpoint import load_checkpoint
+from toolchain.models import LoadedModel, load_model
 from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
@@ -25,35 +21,17 @@ pytestmark = pytest.mark.slow
 WINDOWS, SEQLEN = 6, 256
 
 
-def per_layer_plan(model, seed: int = 0) -> PruningPlan:
-    """Random GQA-consistent widths that differ per layer (2-3 of 3 heads per group,
-    1024-1536 FFN channels), as the global allocation produces."""
-    plan = PruningPlan.dense(**model_dims(model.config))
-    rng, g = random.Random(seed), plan.group_size
-    for i in range(len(plan.layers)):
-        per = rng.randint(2, g)
-        heads = sorted(k * g + j for k in range(plan.num_kv_heads) for j in rng.sample(range(g), per))
-        channels = sorted(rng.sample(range(plan.intermediate_size), rng.choice([1024, 1280, 1536])))
-        plan.layers[i] = LayerPlan(heads, list(range(plan.num_kv_heads)), channels)
-    return plan
+@pytest.fixture(scope="module")
+def dense(smollm2_dense):
+    return smollm2_dense
 
 
-def prune(loaded: LoadedModel) -> LoadedModel:
-    """The pruned model under test; when the pipeline lands this becomes
-    `return compress(loaded, sparsity=0.5, allocation="global")`."""
-    apply_plan(loaded.model, per_layer_plan(loaded.model))
+@pytest.fixture(scope="module")
+def pruned(smollm2_s50) -> LoadedModel:
+    """The real pipeline's output: `liar-export --sparsity 0.5 --allocation global --to hf`."""
+    loaded = load_checkpoint(smollm2_s50["artifacts"]["hf"])
+    assert len({(w["num_attention_heads"], w["intermediate_size"]) for w in loaded.model.config.liar_layers}) > 1
     return loaded
-
-
-@pytest.fixture(scope="module")
-def dense() -> LoadedModel:
-    return load_model(None)
-
-
-@pytest.fixture(scope="module")
-def pruned(dense) -> LoadedModel:
-    return prune(LoadedModel(copy.deepcopy(dense.model), dense.tokenizer, dict(dense.source),
-                             dict(dense.meta)))
 
 
 def export(loaded, path, quant: str) -> dict:
