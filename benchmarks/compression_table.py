@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="criteria run with global allocation only (to bound the grid's cost)")
     p.add_argument("--sequential", action="store_true", help="also run the default recipe in sequential mode")
     p.add_argument("--skip-cost", action="store_true", help="skip the end-to-end cost measurement")
+    p.add_argument("--cost-only", action="store_true", help="only the end-to-end cost measurement (OUTPUT-cost.json)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> None:
 
     default = CompressOptions()
     cost = None if args.skip_cost else measure_cost(dense, ids, default)
+    if args.cost_only:
+        with atomic_path(Path(args.output + "-cost.json")) as tmp:
+            tmp.write_text(json.dumps({"dense_perplexity": dense_ppl, "cost": cost,
+                                       "machine": result_doc(args, dense_ppl, cost, {}, [])["machine"]}, indent=1))
+        return
 
     start = time.perf_counter()
     with PeakRSS() as mem:
