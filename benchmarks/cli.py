@@ -24,6 +24,17 @@ from toolchain.errors import RegressionError, UserError
 from .dashboard import DIRECTIONS, FORMATS
 
 
+EXAMPLES = """examples:
+  liar-bench run out/s50/model-q8_0.gguf --baseline out/dense/model-q8_0.gguf --threads 2 -o results.json
+  liar-bench run out/s50/onnx --baseline out/dense/onnx --prompt-tokens 128,512 --gen-tokens 64 -o onnx.json
+  liar-bench compare main.json results.json --threshold 0.10     # exit 4 on a regression
+  liar-bench report results.json -o report/                        # PNG plots + report/index.html
+  liar-bench export-dashboard results.json --format github-action-benchmark -o bench.json
+
+exit codes: 0 ok, 1 internal error, 2 bad input, 4 benchmark regression, 130 interrupted
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors become UserError (exit 2, one line)."""
 
@@ -43,7 +54,8 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="liar-bench", description="Latency, memory and quality of pruned vs dense "
-                "artifacts in llama.cpp, onnxruntime and PyTorch.")
+                "artifacts in llama.cpp, onnxruntime and PyTorch.", epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

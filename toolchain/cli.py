@@ -300,6 +300,7 @@ def export_command(argv: Sequence[str]) -> int:
     t = time.perf_counter()
     with atomic_path(out, is_dir=True) as tmp:
         artifacts, reports = _export_artifacts(loaded, args, tmp, recipe, meta)
+        reports = _relocated(reports, tmp, out)
         plan.save(tmp / "plan.json")
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1, default=str) + "\n")
         timings["export"] = time.perf_counter() - t
@@ -328,6 +329,12 @@ def export_command(argv: Sequence[str]) -> int:
         for k, v in summary["artifacts"].items():
             _log(f"  {k}: {v}")
     return 0
+
+
+def _relocated(report: dict, tmp: Path, out: Path) -> dict:
+    """Exporters report paths inside the temporary directory; name the final ones."""
+    old, new = json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1]
+    return json.loads(json.dumps(report, default=str).replace(old, new))
 
 
 def _verify_manifest_command(argv: Sequence[str]) -> int:
