@@ -60,7 +60,8 @@ def test_wheel_holds_every_module_and_data_file(built):
     names = set(wheel.namelist())
     expected = {p.relative_to(src).as_posix()
                 for pkg in PACKAGES for p in (src / pkg).rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".txt", ".md")}
+                if p.is_file() and "__pycache__" not in p.parts
+                and (p.suffix == ".py" or (p.parent.name == "data" and p.suffix in (".txt", ".md")))}
     assert expected, "no package sources found"
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel: {missing}"
