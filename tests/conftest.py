@@ -15,6 +15,18 @@ from toolchain.models import default_model_path
 SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32"]
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a Hugging Face directory (safetensors + tokenizer)."""
+    from tests.tiny import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny_hf")
+    loaded = tiny_model(seed=0)
+    loaded.model.save_pretrained(d)
+    loaded.tokenizer.save_pretrained(d)
+    return d
+
+
 def _liar_export(out: Path, *args: str) -> dict:
     """Run the real CLI (a subprocess, as a user would) and return its --json summary."""
     cmd = [sys.executable, "-c", "from toolchain.cli import export_main; export_main()",

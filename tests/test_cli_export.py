@@ -6,22 +6,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tests.tiny import tiny_model
 from toolchain.checkpoint import load_checkpoint
 from toolchain.cli import eval_command, export_command
 from toolchain.cliutil import run_main
 from toolchain.errors import EXIT_BAD_INPUT, EXIT_VERIFY_FAILED
 
 FAST = ["--calib-samples", "4", "--calib-seqlen", "32", "--round-to", "16"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_hf")
-    loaded = tiny_model(seed=0)
-    loaded.model.save_pretrained(d)
-    loaded.tokenizer.save_pretrained(d)
-    return d
 
 
 def export(*argv):

@@ -13,7 +13,7 @@ import pytest
 from exporters.gguf import export_gguf
 from exporters.llamacpp import gguf_perplexity, open_llama
 from toolchain.checkpoint import load_checkpoint
-from toolchain.models import LoadedModel, load_model
+from toolchain.models import LoadedModel
 from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow

@@ -29,15 +29,6 @@ CLI = [sys.executable, "-c", "from toolchain.cli import export_main; export_main
 EVAL = [sys.executable, "-c", "from toolchain.cli import eval_main; eval_main()"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_hf")
-    loaded = tiny_model(seed=0)
-    loaded.model.save_pretrained(d)
-    loaded.tokenizer.save_pretrained(d)
-    return d
-
-
 # -- numerical faults -------------------------------------------------------------------------
 
 def test_nan_activations_are_a_clear_error():
