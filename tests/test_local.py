@@ -113,8 +113,8 @@ def test_liar_plus_local_starts_from_the_liar_weights():
     assert liar.model.layers[0].mlp.down_proj.bias is not None  # LIAR really ran
     expected = _layer_mse_on_dense_inputs(liar, dense, CALIB)
     shapes, widths = _shapes(liar), copy.deepcopy(liar.config.liar_layers)
-    report = local_reconstruct(dense, liar, CALIB, LocalOptions(granularity="block", **FAST), CPU,
-                               progress=False)
+    report = local_reconstruct(dense, liar, CALIB, LocalOptions(granularity="block", inputs="dense", **FAST),
+                               CPU, progress=False)
     for r, want in zip(report, expected, strict=True):
         assert r["loss_before"] == pytest.approx(want, rel=1e-4)
         assert r["loss_after"] < r["loss_before"]
