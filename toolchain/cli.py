@@ -101,10 +101,12 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--ridge", type=float, default=1e-3, help="LIAR ridge, relative to the mean variance (default 1e-3)")
     g.add_argument("--plan", help="replay a saved plan.json instead of choosing heads/channels")
     g = p.add_argument_group("local reconstruction (--reconstruct local / liar+local)")
-    g.add_argument("--local-granularity", default="block", help="module (attention and MLP separately), block, "
-                   "or blocks:K (K consecutive blocks) (default block)")
-    g.add_argument("--local-inputs", choices=("dense", "pruned"), default="dense",
-                   help="submodel inputs from the dense model (default) or the already-refined pruned model")
+    g.add_argument("--local-granularity", default=LocalOptions.granularity,
+                   help="module (attention and MLP separately), block, or blocks:K (K consecutive blocks) "
+                   f"(default {LocalOptions.granularity})")
+    g.add_argument("--local-inputs", choices=("dense", "pruned"), default=LocalOptions.inputs,
+                   help="submodel inputs from the dense model or from the already-refined pruned model "
+                   f"(default {LocalOptions.inputs})")
     g.add_argument("--local-steps", type=int, default=None, help="optimiser steps per submodel (default: one epoch)")
     g.add_argument("--local-lr", type=float, default=LocalOptions.lr, help=f"AdamW learning rate (default {LocalOptions.lr})")
     g.add_argument("--local-batch-size", type=int, default=LocalOptions.batch_size,
