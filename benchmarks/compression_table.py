@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import threading
 import time
 from pathlib import Path
@@ -25,13 +24,11 @@ import psutil
 import torch
 
 from toolchain.atomic import atomic_path
-from toolchain.calibration import calibration_ids
 from toolchain.criteria import CRITERIA
-from toolchain.models import load_model
 from toolchain.params import param_summary
-from toolchain.perplexity import encode, perplexity, torch_logits_fn
 from toolchain.pipeline import CompressOptions, Compressor
-from toolchain.texts import heldout_text
+
+from .tablekit import machine_info, smollm2_setup, write_table
 
 
 class PeakRSS:
@@ -99,11 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
-    loaded = load_model(None)
+    loaded, ids, ppl = smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
     dense = loaded.model
-    ids = calibration_ids(loaded.tokenizer, "pydoc", args.calib_samples, args.calib_seqlen, seed=0)
-    eval_ids = encode(loaded.tokenizer, heldout_text())
-    ppl = lambda m: perplexity(torch_logits_fn(m), eval_ids, args.eval_seqlen, args.eval_windows)  # noqa: E731
     dense_ppl = ppl(dense)["perplexity"]
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
     rows: list[dict] = []
@@ -159,16 +153,11 @@ def result_doc(args, dense_ppl: float, cost: dict | None, shared: dict, rows: li
             "shared_statistics": shared, "rows": rows,
             "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
             "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-            "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
-                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
+            "machine": machine_info()}
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown(result))
+    write_table(out, result, markdown)
 
 
 def markdown(result: dict) -> str:

@@ -18,21 +18,16 @@ import argparse
 import copy
 import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
-from toolchain.atomic import atomic_path
-from toolchain.calibration import calibration_ids
 from toolchain.local import LocalOptions, default_steps, local_reconstruct
-from toolchain.models import load_model
 from toolchain.params import param_summary
-from toolchain.perplexity import encode, perplexity, torch_logits_fn
 from toolchain.pipeline import CompressOptions, Compressor
-from toolchain.texts import heldout_text
+
+from .tablekit import machine_info, smollm2_setup, write_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,11 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     device = torch.device("cpu")
 
-    loaded = load_model(None)
+    loaded, ids, ppl = smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
     dense = loaded.model
-    ids = calibration_ids(loaded.tokenizer, "pydoc", args.calib_samples, args.calib_seqlen, seed=0)
-    eval_ids = encode(loaded.tokenizer, heldout_text())
-    ppl = lambda m: perplexity(torch_logits_fn(m), eval_ids, args.eval_seqlen, args.eval_windows)  # noqa: E731
     dense_ppl = ppl(dense)["perplexity"]
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
 
@@ -113,14 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                         "warmup": LocalOptions.warmup, "weight_decay": LocalOptions.weight_decay},
               "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
               "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-              "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()}}
+              "machine": machine_info()}
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown(result))
+    write_table(out, result, markdown)
     print(markdown(result))
 
 

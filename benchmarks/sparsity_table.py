@@ -20,19 +20,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
-from toolchain.atomic import atomic_path
-from toolchain.calibration import calibration_ids
-from toolchain.models import load_model
-from toolchain.perplexity import encode, perplexity, torch_logits_fn
-from toolchain.texts import heldout_text
 from toolchain.unstructured import SparsityOptions, sparsify
+
+from .tablekit import machine_info, smollm2_setup, write_table
 
 
 def semi_structured_timing(m: int = 4096, k: int = 4096, n: int = 4096, reps: int = 50) -> dict:
@@ -94,11 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    loaded = load_model(None)
+    loaded, ids, ppl = smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
     dense = loaded.model
-    ids = calibration_ids(loaded.tokenizer, "pydoc", args.calib_samples, args.calib_seqlen, seed=0)
-    eval_ids = encode(loaded.tokenizer, heldout_text())
-    ppl = lambda m: perplexity(torch_logits_fn(m), eval_ids, args.eval_seqlen, args.eval_windows)  # noqa: E731
     start = time.perf_counter()
     dense_ppl = ppl(dense)["perplexity"]
     eval_s = time.perf_counter() - start
@@ -128,16 +120,11 @@ def main(argv: list[str] | None = None) -> None:
               "rows": rows, "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen,
                                      "windows": args.eval_windows},
               "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-              "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()}}
+              "machine": machine_info()}
     if args.cuda_matmul:
         result["semi_structured_matmul"] = semi_structured_timing()
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown(result))
+    write_table(out, result, markdown)
     print(markdown(result))
 
 
