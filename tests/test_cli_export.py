@@ -109,3 +109,14 @@ def test_export_2_4_pattern(tiny_dir, tmp_path, capsys):
     model = load_checkpoint(out / "hf").model
     w = model.model.layers[0].mlp.down_proj.weight
     assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) == 2).all()
+
+
+def test_dense_baseline_through_the_same_path(tiny_dir, tmp_path, capsys):
+    """--sparsity 0 on a dense model: no pruning, same exporters (the benchmark baseline)."""
+    out = tmp_path / "dense"
+    assert export(str(tiny_dir), "--to", "hf", "--to", "gguf", "--quant", "f32", "-o", str(out),
+                  "--sparsity", "0", "--json", *FAST) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sparsity"] == 0
+    assert summary["exports"]["gguf"]["passed"] and summary["exports"]["gguf"]["architecture"] == "llama"
+    assert {w["intermediate_size"] for w in summary["widths"]} == {128}

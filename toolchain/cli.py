@@ -31,6 +31,7 @@ from .local import LocalOptions, local_reconstruct
 from .pipeline import MODES, CompressOptions, Compressor
 from .plan import PruningPlan
 from .reconstruct import METHODS
+from .surgery import record_widths
 from .fista import PATTERNS
 from .unstructured import CRITERIA as SPARSE_CRITERIA
 from .unstructured import SparsityOptions, sparsify
@@ -291,6 +292,7 @@ def export_command(argv: Sequence[str]) -> int:
         from .pipeline import dense_plan
         plan = dense_plan(loaded.model)
     loaded.model.to("cpu")
+    record_widths(loaded.model)  # also for a dense model (--sparsity 0): exporters read config.liar_layers
     _check_finite(loaded.model)
     pruned_params = param_summary(loaded.model)
     recipe = _recipe(args, opts, loaded)
