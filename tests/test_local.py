@@ -125,21 +125,42 @@ def test_liar_plus_local_starts_from_the_liar_weights():
         assert r["loss_after"] == pytest.approx(got, rel=1e-4)
 
 
-def test_refined_model_exports_to_gguf_and_passes_verification(tmp_path):
+@pytest.fixture(scope="module")
+def refined_tiny():
+    """A tiny model pruned at 0.5 with LIAR, then refined locally (module granularity)."""
+    loaded = tiny_model(seed=2)
+    dense = copy.deepcopy(loaded.model)
+    Compressor(loaded.model, CALIB, CompressOptions(sparsity=0.5, round_to=16), CPU, progress=False).run()
+    n = torch.get_num_threads()  # module scope: set up before the per-test one_thread fixture
+    torch.set_num_threads(1)
+    try:
+        report = local_reconstruct(dense, loaded.model, CALIB, LocalOptions(granularity="module", **FAST), CPU,
+                                   progress=False)
+    finally:
+        torch.set_num_threads(n)
+    assert all(r["loss_after"] < r["loss_before"] for r in report)  # it really changed the weights
+    return loaded
+
+
+def test_refined_model_exports_to_gguf_and_passes_verification(refined_tiny, tmp_path):
     """Local refinement changes values only: the exporter's llama.cpp parity check still holds."""
     pytest.importorskip("llama_cpp")
     from exporters.gguf import export_gguf
     from tests.tiny import SAMPLE_TEXT
 
-    loaded = tiny_model(seed=2)
-    dense = copy.deepcopy(loaded.model)
-    Compressor(loaded.model, CALIB, CompressOptions(sparsity=0.5, round_to=16), CPU, progress=False).run()
-    local_reconstruct(dense, loaded.model, CALIB, LocalOptions(granularity="module", **FAST), CPU,
-                      progress=False)
-    summary = export_gguf(loaded, tmp_path / "m.gguf", quant="f32", verify_text=SAMPLE_TEXT * 3,
+    summary = export_gguf(refined_tiny, tmp_path / "m.gguf", quant="f32", verify_text=SAMPLE_TEXT * 3,
                           verify_seqlen=64, verify_windows=2, progress=False)
     assert summary["passed"], summary["failures"]
     assert summary["max_abs_dlogit"] <= 1e-3
+
+
+def test_refined_model_exports_to_onnx_and_passes_verification(refined_tiny, tmp_path):
+    """Same for onnxruntime, with and without the KV cache."""
+    from exporters.onnx import export_onnx
+
+    verification = export_onnx(refined_tiny, tmp_path / "onnx", progress=False)["verification"]
+    assert verification["passed"], verification["failures"]
+    assert verification["max_abs_dlogit"] <= 1e-3 and verification["max_abs_dlogit_kv"] <= 1e-3
 
 
 def test_deterministic_for_a_seed_on_cpu():
