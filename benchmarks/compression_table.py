@@ -28,7 +28,7 @@ from toolchain.criteria import CRITERIA
 from toolchain.params import param_summary
 from toolchain.pipeline import CompressOptions, Compressor
 
-from .tablekit import machine_info, smollm2_setup, write_table
+from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 
 
 class PeakRSS:
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        write_outputs(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows))  # partial results survive
+        write_table(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows), markdown,
+                    echo=False)  # partial results survive
         del model
     if args.sequential:
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
@@ -144,25 +145,17 @@ def main(argv: list[str] | None = None) -> None:
                    "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    write_outputs(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows))
-    print(markdown(result_doc(args, dense_ppl, cost, shared, rows)))
+    write_table(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows), markdown)
 
 
 def result_doc(args, dense_ppl: float, cost: dict | None, shared: dict, rows: list[dict]) -> dict:
     return {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "cost": cost,
             "shared_statistics": shared, "rows": rows,
-            "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
-            "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-            "machine": machine_info()}
-
-
-def write_outputs(out: Path, result: dict) -> None:
-    write_table(out, result, markdown)
+            **setup_record(args)}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Dense perplexity: **{result['dense_perplexity']:.2f}** (held-out legal prose, "
-             f"{result['eval']['windows']}×{result['eval']['seqlen']} tokens).", "",
+    lines = [f"{dense_line(result)}.", "",
              "| sparsity | criterion | allocation | none | bias | liar | liar/bias | liar time (s) | liar extra RSS (MB) |",
              "|---|---|---|---|---|---|---|---|---|"]
     by = {(r["sparsity"], r["criterion"], r["allocation"], r["reconstruct"]): r

@@ -27,7 +27,7 @@ from toolchain.local import LocalOptions, default_steps, local_reconstruct
 from toolchain.params import param_summary
 from toolchain.pipeline import CompressOptions, Compressor
 
-from .tablekit import machine_info, smollm2_setup, write_table
+from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,18 +103,13 @@ def main(argv: list[str] | None = None) -> None:
               "local": {"lr": args.lr, "batch_size": args.batch_size, "inputs": args.inputs,
                         "steps": args.steps or default_steps(args.calib_samples, args.batch_size),
                         "warmup": LocalOptions.warmup, "weight_decay": LocalOptions.weight_decay},
-              "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
-              "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-              "machine": machine_info()}
-    out = Path(args.output)
-    write_table(out, result, markdown)
-    print(markdown(result))
+              **setup_record(args)}
+    write_table(Path(args.output), result, markdown)
 
 
 def markdown(result: dict) -> str:
     loc = result["local"]
-    lines = [f"Dense perplexity: **{result['dense_perplexity']:.2f}** (held-out legal prose, "
-             f"{result['eval']['windows']}×{result['eval']['seqlen']} tokens). Calibration: "
+    lines = [f"{dense_line(result)}. Calibration: "
              f"{result['calibration']['samples']}×{result['calibration']['seqlen']} pydoc tokens; local: "
              f"AdamW lr {loc['lr']:g}, batch {loc['batch_size']}, {loc['steps']} steps per submodel, "
              f"{loc['inputs']} inputs.", "",

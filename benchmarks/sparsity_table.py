@@ -27,7 +27,7 @@ import torch
 
 from toolchain.unstructured import SparsityOptions, sparsify
 
-from .tablekit import machine_info, smollm2_setup, write_table
+from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 
 
 def semi_structured_timing(m: int = 4096, k: int = 4096, n: int = 4096, reps: int = 50) -> dict:
@@ -117,21 +117,15 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
             del model
     result = {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "dense_eval_seconds": eval_s,
-              "rows": rows, "eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen,
-                                     "windows": args.eval_windows},
-              "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
-              "machine": machine_info()}
+              "rows": rows, **setup_record(args)}
     if args.cuda_matmul:
         result["semi_structured_matmul"] = semi_structured_timing()
-    out = Path(args.output)
-    write_table(out, result, markdown)
-    print(markdown(result))
+    write_table(Path(args.output), result, markdown)
 
 
 def markdown(result: dict) -> str:
     cal = result["calibration"]
-    lines = [f"Dense perplexity: **{result['dense_perplexity']:.2f}** (held-out legal prose, "
-             f"{result['eval']['windows']}×{result['eval']['seqlen']} tokens); calibration "
+    lines = [f"{dense_line(result)}; calibration "
              f"{cal['samples']}×{cal['seqlen']} {cal['source']} tokens; {result['machine']['threads']} CPU thread(s).", "",
              "| pattern | recipe | perplexity | time (s) | mean rel. layer error before → after |",
              "|---|---|---|---|---|"]

@@ -31,15 +31,27 @@ def smollm2_setup(calib_samples: int, calib_seqlen: int, eval_seqlen: int,
     return loaded, ids, lambda m: perplexity(torch_logits_fn(m), eval_ids, eval_seqlen, eval_windows)
 
 
-def machine_info() -> dict:
-    return {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+def setup_record(args) -> dict:
+    """The eval / calibration / machine block every table's JSON carries (from smollm2_setup's args)."""
+    return {"eval": {"text": "heldout_legal.txt", "seqlen": args.eval_seqlen, "windows": args.eval_windows},
+            "calibration": {"source": "pydoc", "samples": args.calib_samples, "seqlen": args.calib_seqlen},
+            "machine": {"cpu_count": psutil.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
 
 
-def write_table(out: Path, result: dict, markdown: Callable[[dict], str]) -> None:
-    """OUT.json (the numbers) and OUT.md (the README table), each written atomically."""
+def dense_line(result: dict) -> str:
+    """The table's opening words: the dense model's perplexity and what it was measured on."""
+    return (f"Dense perplexity: **{result['dense_perplexity']:.2f}** (held-out legal prose, "
+            f"{result['eval']['windows']}×{result['eval']['seqlen']} tokens)")
+
+
+def write_table(out: Path, result: dict, markdown: Callable[[dict], str], echo: bool = True) -> None:
+    """OUT.json (the numbers) and OUT.md (the README table), each written atomically; `echo` prints the table."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
     with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(markdown(result))
+        tmp.write_text(table)
+    if echo:
+        print(table)
