@@ -18,8 +18,8 @@ import sys
 from typing import Sequence
 
 from toolchain.atomic import atomic_path
-from toolchain.cliutil import quiet_libraries, run_main
-from toolchain.errors import RegressionError, UserError
+from toolchain.cliutil import Parser, quiet_libraries, run_main
+from toolchain.errors import RegressionError
 
 from .dashboard import DIRECTIONS, FORMATS
 
@@ -35,13 +35,6 @@ exit codes: 0 ok, 1 internal error, 2 bad input, 4 benchmark regression, 130 int
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors become UserError (exit 2, one line)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -53,11 +46,11 @@ def _int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="liar-bench", description="Latency, memory and quality of pruned vs dense "
+    p = Parser(prog="liar-bench", description="Latency, memory and quality of pruned vs dense "
                 "artifacts in llama.cpp, onnxruntime and PyTorch.", epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     r = sub.add_parser("run", help="benchmark artifacts against a dense baseline")
     r.add_argument("artifacts", nargs="+", metavar="ARTIFACT",

@@ -26,7 +26,8 @@ import torch
 from toolchain.atomic import atomic_path
 from toolchain.criteria import CRITERIA
 from toolchain.params import param_summary
-from toolchain.pipeline import CompressOptions, Compressor
+from toolchain.pipeline import Compressor
+from toolchain.recipe import CompressOptions
 
 from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 

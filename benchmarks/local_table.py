@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from toolchain.local import LocalOptions, default_steps, local_reconstruct
+from toolchain.local import default_steps, local_reconstruct
 from toolchain.params import param_summary
-from toolchain.pipeline import CompressOptions, Compressor
+from toolchain.pipeline import Compressor
+from toolchain.recipe import CompressOptions, LocalOptions
 
 from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 

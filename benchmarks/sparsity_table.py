@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from toolchain.unstructured import SparsityOptions, sparsify
+from toolchain.recipe import SparsityOptions
+from toolchain.unstructured import sparsify
 
 from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 

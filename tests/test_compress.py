@@ -7,7 +7,9 @@ from tests.tiny import sample_ids, tiny_model
 from toolchain.allocation import allocate
 from toolchain.criteria import CRITERIA
 from toolchain.errors import UserError
-from toolchain.pipeline import CompressOptions, Compressor, dense_plan
+from toolchain.pipeline import Compressor, dense_plan
+from toolchain import recipe
+from toolchain.recipe import CompressOptions
 from toolchain.reconstruct import reconstruct_oneshot
 from toolchain.stats import StatsAccumulator
 
@@ -20,8 +22,12 @@ def compress(loaded, plan=None, **kw):
     return Compressor(loaded.model, CALIB, opts, torch.device("cpu"), plan=plan, progress=False).run()
 
 
+def test_every_recipe_criterion_has_an_implementation():
+    assert set(recipe.CRITERIA) == set(CRITERIA)
+
+
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("allocation", recipe.ALLOCATIONS)
 def test_plan_invariants(criterion, allocation):
     loaded = tiny_model(seed=0)
     dense_params = dense_plan(loaded.model).block_params()

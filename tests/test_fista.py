@@ -6,8 +6,9 @@ import torch
 import toolchain.unstructured as unstructured
 from tests.tiny import sample_ids, tiny_model
 from toolchain.errors import UserError
-from toolchain.fista import FistaOptions, fista, keep_mask, lipschitz, solve
-from toolchain.unstructured import STAGES, SparsityOptions, sparsify
+from toolchain.fista import fista, keep_mask, lipschitz, solve
+from toolchain.recipe import FistaOptions, SparsityOptions
+from toolchain.unstructured import STAGES, sparsify
 
 CALIB = sample_ids(n=32, seed=7, batch=8)
 QUICK = dict(iters=5, steps=3, refit_iters=10)

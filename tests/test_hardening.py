@@ -20,7 +20,8 @@ from toolchain.allocation import allocate
 from toolchain.cli import eval_command, export_command
 from toolchain.cliutil import run_main
 from toolchain.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_VERIFY_FAILED, UserError
-from toolchain.pipeline import CompressOptions, Compressor, dense_plan
+from toolchain.pipeline import Compressor, dense_plan
+from toolchain.recipe import CompressOptions
 from toolchain.reconstruct import reconstruct_oneshot
 from toolchain.stats import StatsAccumulator
 

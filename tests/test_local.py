@@ -5,8 +5,9 @@ import torch
 
 from tests.tiny import random_plan, sample_ids, tiny_model
 from toolchain.errors import UserError
-from toolchain.local import LocalOptions, default_steps, local_reconstruct, lr_factor, submodels
-from toolchain.pipeline import CompressOptions, Compressor
+from toolchain.local import default_steps, local_reconstruct, lr_factor, submodels
+from toolchain.pipeline import Compressor
+from toolchain.recipe import CompressOptions, LocalOptions
 from toolchain.plan import LayerPlan
 from toolchain.surgery import apply_plan, ensure_bias, layer_widths
 

@@ -132,3 +132,25 @@ def test_help_has_usage_examples_and_working_subcommands(name):
     for sub in m.group(1).split(",") if m else []:
         sp = subprocess.run([_script(name), sub, "--help"], capture_output=True, text=True, timeout=120)
         assert sp.returncode == 0 and f"usage: {name} {sub}" in sp.stdout.lower(), f"{name} {sub} --help: {sp.stderr}"
+
+
+def test_help_and_usage_errors_do_not_load_torch():
+    """`--help` and a mistyped option answer at once: no torch, transformers or runtime import."""
+    code = ("import sys, toolchain.cli, benchmarks.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'llama_cpp') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["liar-export", "--to", "gguf", "--onnx-quant", "int3", "-o", "o"],
+                                  ["liar-export", "--quant", "q3_k", "-o", "o"],
+                                  ["liar-export", "--sparsity", "0.2"],
+                                  ["liar-eval", "--seqlen", "many"],
+                                  ["liar-bench", "compare", "one.json"]])
+def test_usage_errors_are_one_line_and_exit_2(argv, tmp_path):
+    proc = subprocess.run([_script(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{argv[0]}: error: ") and "--help" in lines[0], proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

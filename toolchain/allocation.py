@@ -28,9 +28,8 @@ import torch
 
 from .errors import UserError
 from .plan import LayerPlan, PruningPlan
+from .recipe import ALLOCATIONS, HEAD_UNITS, check_choice
 
-HEAD_UNITS = ("auto", "per-group", "groups")
-ALLOCATIONS = ("uniform", "global")
 
 
 @dataclass
@@ -106,8 +105,7 @@ def _plan_from_removed(dense: PruningPlan, removed: list[list[Unit]]) -> Pruning
 
 
 def resolve_head_unit(mode: str, plan: PruningPlan) -> str:
-    if mode not in HEAD_UNITS:
-        raise UserError(f"--head-unit must be one of {', '.join(HEAD_UNITS)}")
+    check_choice("head-unit", mode, HEAD_UNITS)
     if mode == "auto":
         return "groups" if plan.group_size == 1 else "per-group"
     return mode
@@ -125,8 +123,7 @@ def allocate(dense: PruningPlan, attn_scores: list[torch.Tensor], ffn_scores: li
         raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
     if round_to < 1:
         raise UserError(f"--round-to must be a positive integer (got {round_to})")
-    if allocation not in ALLOCATIONS:
-        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}")
+    check_choice("allocation", allocation, ALLOCATIONS)
     mode = resolve_head_unit(head_unit, dense)
     attn = [_attn_units(i, s, dense, mode) for i, s in enumerate(attn_scores)]
     ffn = [_ffn_units(i, s, dense, round_to) for i, s in enumerate(ffn_scores)]

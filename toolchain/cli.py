@@ -10,36 +10,27 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from exporters.gguf.quants import DEFAULT_QUANT, QUANTS
+from exporters.onnx.quantize import ONNX_QUANTS
 
 from . import __version__
-from .allocation import ALLOCATIONS, HEAD_UNITS
 from .atomic import atomic_path
-from .calibration import calibration_ids
-from .cliutil import quiet_libraries, run_main
-from .criteria import CRITERIA
+from .cliutil import Parser, quiet_libraries, run_main
 from .errors import UserError, VerificationError
 from .manifest import verify_manifest, write_manifest
-from .models import LoadedModel, load_model
-from .params import param_summary
-from .perplexity import encode, perplexity, torch_logits_fn
-from .local import LocalOptions, local_reconstruct
-from .pipeline import MODES, CompressOptions, Compressor
 from .plan import PruningPlan
-from .reconstruct import METHODS
-from .surgery import record_widths
-from .fista import PATTERNS
-from .unstructured import CRITERIA as SPARSE_CRITERIA
-from .unstructured import SparsityOptions, sparsify
+from .recipe import (ALLOCATIONS, CRITERIA, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, PATTERNS,
+                     SPARSE_CRITERIA, SPARSE_METHODS, CompressOptions, LocalOptions, SparsityOptions)
 from .texts import heldout_text, read_text_file
 
+if TYPE_CHECKING:  # torch and the modules that use it load only once a command runs, not for --help
+    import torch
+
+    from .models import LoadedModel
+
 FORMATS = ("hf", "gguf", "onnx")
-LOCAL_METHODS = ("local", "liar+local")
-SPARSE_METHODS = ("fista",)
 
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
@@ -60,6 +51,8 @@ EVAL_EXAMPLES = """examples:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -70,7 +63,7 @@ def _device(name: str) -> torch.device:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="liar-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EXAMPLES,
         description="Prune a Llama-family causal LM (whole heads and FFN channels), repair it with LIAR "
                     "reconstruction, and write artifacts whose layers really are smaller.")
@@ -88,7 +81,8 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--criterion", choices=sorted(set(CRITERIA) | set(SPARSE_CRITERIA)), default=None,
                    help="structured: flap (default), wanda-sp, magnitude, random; unstructured/2:4: wanda "
                    "(default), magnitude")
-    g.add_argument("--reconstruct", choices=METHODS + LOCAL_METHODS + SPARSE_METHODS, default=None,
+    g.add_argument("--reconstruct", choices=tuple(dict.fromkeys(METHODS + LOCAL_METHODS + SPARSE_METHODS)),
+                   default=None,
                    help="structured: liar (default), bias (FLAP), none, local, liar+local (AdamW refinement of "
                    "each pruned submodel against the dense model's activations); unstructured/2:4: fista "
                    "(default), none")
@@ -105,7 +99,7 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--local-granularity", default=LocalOptions.granularity,
                    help="module (attention and MLP separately), block, or blocks:K (K consecutive blocks) "
                    f"(default {LocalOptions.granularity})")
-    g.add_argument("--local-inputs", choices=("dense", "pruned"), default=LocalOptions.inputs,
+    g.add_argument("--local-inputs", choices=LOCAL_INPUTS, default=LocalOptions.inputs,
                    help="submodel inputs from the dense model or from the already-refined pruned model "
                    f"(default {LocalOptions.inputs})")
     g.add_argument("--local-steps", type=int, default=None, help="optimiser steps per submodel (default: one epoch)")
@@ -125,10 +119,11 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8, help="sequences per forward micro-batch (default 8)")
     g = p.add_argument_group("export")
-    g.add_argument("--quant", default=DEFAULT_QUANT, help=f"GGUF type: {' '.join(QUANTS)} (default {DEFAULT_QUANT}, "
+    g.add_argument("--quant", choices=QUANTS, default=DEFAULT_QUANT, help=f"GGUF type (default {DEFAULT_QUANT}, "
                    "what CPU deployments use; k-quants need rows that are multiples of 256 — others fall back "
                    "to a wider type and are reported; use --round-to 256 to avoid that)")
-    g.add_argument("--onnx-quant", default="none", help="ONNX weights: none, int8 (dynamic) or int4 (MatMulNBits)")
+    g.add_argument("--onnx-quant", choices=ONNX_QUANTS, default="none",
+                   help="ONNX weights: none (float32, default), or int8 / int4 weight-only (MatMulNBits)")
     g.add_argument("--no-verify", action="store_true", help="skip checking exported files against PyTorch")
     g.add_argument("--verify-text", help="held-out text for verification (default: bundled legal prose)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -169,6 +164,8 @@ def _check_disk(out: Path, n_params: int, formats: list[str], onnx_quant: str) -
 
 def _check_finite(model: torch.nn.Module) -> None:
     """Never write NaN/Inf into an artifact."""
+    import torch
+
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise VerificationError(f"weight {name} is not finite after compression: try a larger --ridge, "
@@ -176,6 +173,7 @@ def _check_finite(model: torch.nn.Module) -> None:
 
 
 def _recipe(args: argparse.Namespace, opts: CompressOptions, loaded: LoadedModel) -> dict:
+    import torch
     import transformers
 
     return {
@@ -225,7 +223,6 @@ def export_command(argv: Sequence[str]) -> int:
     quiet_libraries()
     out = Path(args.output)
     _check_output(out, args.force)
-    device = _device(args.device)
     plan = PruningPlan.load(args.plan) if args.plan else None
     structured = args.pattern == "structured"
     args.criterion = args.criterion or ("flap" if structured else "wanda")
@@ -250,6 +247,15 @@ def export_command(argv: Sequence[str]) -> int:
                            allocation=args.allocation, mode=args.mode, round_to=args.round_to,
                            head_unit=args.head_unit, ridge=args.ridge, seed=args.seed, batch_size=args.batch_size)
     opts.validate()
+    device = _device(args.device)
+    from .calibration import calibration_ids
+    from .local import local_reconstruct
+    from .models import load_model
+    from .params import param_summary
+    from .pipeline import Compressor, dense_plan
+    from .surgery import record_widths
+    from .unstructured import sparsify
+
     t0 = time.perf_counter()
     _log("loading model")
     loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
@@ -268,7 +274,6 @@ def export_command(argv: Sequence[str]) -> int:
         _log(f"{args.pattern} sparsity {args.sparsity} ({args.criterion} + {args.reconstruct})")
         sparse_report = sparsify(loaded.model, ids, sparse, device)
         timings["compress"] = sparse_report["seconds"]
-        from .pipeline import dense_plan
         plan = dense_plan(loaded.model)
     elif args.sparsity > 0 or plan is not None:
         t = time.perf_counter()
@@ -289,7 +294,6 @@ def export_command(argv: Sequence[str]) -> int:
     elif loaded.source["kind"] == "checkpoint":
         plan = PruningPlan.from_json(loaded.meta["plan"])
     else:
-        from .pipeline import dense_plan
         plan = dense_plan(loaded.model)
     loaded.model.to("cpu")
     record_widths(loaded.model)  # also for a dense model (--sparsity 0): exporters read config.liar_layers
@@ -342,7 +346,7 @@ def _relocated(report: dict, tmp: Path, out: Path) -> dict:
 
 
 def _verify_manifest_command(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="liar-export verify-manifest",
+    p = Parser(prog="liar-export verify-manifest",
                                 description="Check every artifact in DIR against DIR/manifest.json (SHA-256).")
     p.add_argument("directory")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -353,7 +357,7 @@ def _verify_manifest_command(argv: Sequence[str]) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="liar-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="liar-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=EVAL_EXAMPLES,
                                 description="Perplexity of a model or artifact on a text file "
                                             "(non-overlapping windows; position i predicts token i+1).")
@@ -392,6 +396,10 @@ def eval_command(argv: Sequence[str]) -> int:
         from exporters.onnx import onnx_perplexity
         result = onnx_perplexity(args.model, text, args.seqlen, threads=args.threads)
     else:
+        from .models import load_model
+        from .params import param_summary
+        from .perplexity import encode, perplexity, torch_logits_fn
+
         loaded = load_model(args.model)
         ids = encode(loaded.tokenizer, text)
         result = perplexity(torch_logits_fn(loaded.model), ids, args.seqlen, args.max_windows, progress=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -9,7 +10,14 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LiarError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LiarError, UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UserError: exit 2 and one line, not the whole usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def _terminate(signum, frame) -> None:

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-PATTERNS = ("unstructured", "2:4")
-
+from .recipe import FistaOptions
 
 def keep_mask(score: torch.Tensor, pattern: str, sparsity: float) -> torch.Tensor:
     """Boolean mask keeping the highest scores: per output row for unstructured,
@@ -108,13 +107,6 @@ def refit(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
 def row_error(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, const: torch.Tensor) -> torch.Tensor:
     """Per-row ‖v x* − w x‖² (in expectation over tokens) from the Gram form."""
     return ((v @ h) * v).sum(1) - 2 * (v * b).sum(1) + const
-
-
-@dataclass
-class FistaOptions:
-    iters: int = 10  # FISTA iterations per λ (warm-started from the previous λ's solution)
-    steps: int = 6  # λ bisection steps
-    refit_iters: int = 20  # conjugate-gradient iterations on the final mask (0: off)
 
 
 @dataclass

@@ -35,55 +35,7 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .pipeline import LayerRunner
-
-INPUTS = ("dense", "pruned")
-
-
-@dataclass
-class LocalOptions:
-    """Local-reconstruction recipe; saved with the artifacts."""
-
-    # Defaults measured on SmolLM2-135M at sparsity 0.5 (benchmarks/local_table.py): attention and
-    # MLP separately beat whole blocks, pruned-model inputs beat dense inputs, and with one short
-    # epoch lr 1e-3 beats the paper's 1e-5..3e-4 (a submodel that gets worse is reverted anyway).
-    granularity: str = "module"  # "module" | "block" | "blocks:K"
-    inputs: str = "pruned"       # where the pruned submodel's inputs come from: "pruned" | "dense"
-    steps: int | None = None     # None: one epoch over the calibration sequences
-    lr: float = 1e-3
-    warmup: float = 0.1         # fraction of the steps spent warming up
-    batch_size: int = 4
-    weight_decay: float = 0.0
-    seed: int = 0
-    mixed_precision: bool = True  # bf16 autocast, CUDA only
-
-    def validate(self) -> None:
-        block_count(self.granularity)
-        if self.inputs not in INPUTS:
-            raise UserError(f"--local-inputs must be one of {', '.join(INPUTS)} (got {self.inputs!r})")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--local-steps must be ≥ 1 (got {self.steps})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--local-lr must be a positive number (got {self.lr})")
-        if not 0 <= self.warmup < 1:
-            raise UserError(f"--local-warmup must be in [0, 1) (got {self.warmup})")
-        if self.batch_size < 1:
-            raise UserError(f"--local-batch-size must be ≥ 1 (got {self.batch_size})")
-        if self.weight_decay < 0:
-            raise UserError(f"--local-weight-decay must be ≥ 0 (got {self.weight_decay})")
-
-
-def block_count(granularity: str) -> int:
-    """Blocks per submodel: 0 for "module" (attention and MLP separately), else K ≥ 1."""
-    if granularity == "module":
-        return 0
-    if granularity == "block":
-        return 1
-    head, _, k = granularity.partition(":")
-    if head == "blocks" and k.isdigit() and int(k) >= 1:
-        return int(k)
-    raise UserError(f"--local-granularity must be module, block or blocks:K with K ≥ 1 "
-                    f"(got {granularity!r})")
-
+from .recipe import LocalOptions, block_count
 
 @dataclass(frozen=True)
 class Submodel:

@@ -32,39 +32,10 @@ from .criteria import CRITERIA
 from .errors import UserError
 from .models import model_dims
 from .plan import LayerPlan, PruningPlan
-from .reconstruct import METHODS, reconstruct_cross, reconstruct_oneshot
+from .recipe import CompressOptions
+from .reconstruct import reconstruct_cross, reconstruct_oneshot
 from .stats import CrossAccumulator, InputStats, StatsAccumulator
 from .surgery import prune_layer, record_widths
-
-MODES = ("oneshot", "sequential")
-
-
-@dataclass
-class CompressOptions:
-    """What to do (the recipe); saved next to every artifact."""
-
-    sparsity: float = 0.2
-    criterion: str = "flap"
-    reconstruct: str = "liar"
-    allocation: str = "global"
-    mode: str = "oneshot"
-    round_to: int = 32
-    head_unit: str = "auto"
-    ridge: float = 1e-3
-    seed: int = 0
-    batch_size: int = 8
-
-    def validate(self) -> None:
-        checks = [("criterion", self.criterion, tuple(CRITERIA)), ("reconstruct", self.reconstruct, METHODS),
-                  ("mode", self.mode, MODES)]
-        for name, value, allowed in checks:
-            if value not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {value!r})")
-        if not 0 <= self.sparsity < 1:
-            raise UserError(f"--sparsity must be in [0, 1) (got {self.sparsity})")
-        if self.ridge < 0:
-            raise UserError("--ridge must be ≥ 0")
-
 
 @dataclass
 class CompressResult:

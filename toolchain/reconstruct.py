@@ -27,7 +27,6 @@ from .stats import InputStats
 
 log = logging.getLogger(__name__)
 
-METHODS = ("liar", "bias", "none")
 RIDGE_RETRIES = 4
 
 

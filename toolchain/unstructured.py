@@ -24,55 +24,23 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .errors import LiarError, UserError
-from .fista import PATTERNS, FistaOptions, keep_mask, solve
+from .fista import keep_mask, solve
 from .pipeline import LayerRunner, _capture
+from .recipe import SparsityOptions
 
-CRITERIA = ("magnitude", "wanda")
-METHODS = ("fista", "none")
 STAGES: tuple[tuple[str, ...], ...] = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     ("self_attn.o_proj",),
     ("mlp.gate_proj", "mlp.up_proj"),
     ("mlp.down_proj",),
 )
-
-
-@dataclass
-class SparsityOptions:
-    """The recipe for --pattern unstructured | 2:4."""
-
-    pattern: str = "unstructured"
-    sparsity: float = 0.5
-    criterion: str = "wanda"
-    reconstruct: str = "fista"
-    iters: int = FistaOptions.iters  # FISTA iterations per λ step
-    steps: int = FistaOptions.steps  # λ bisection steps
-    refit_iters: int = FistaOptions.refit_iters  # λ = 0 iterations on the final mask
-    seed: int = 0
-    batch_size: int = 8
-
-    def validate(self) -> None:
-        for name, value, allowed in (("pattern", self.pattern, PATTERNS), ("criterion", self.criterion, CRITERIA),
-                                     ("reconstruct", self.reconstruct, METHODS)):
-            if value not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {value!r})")
-        if self.pattern == "2:4" and self.sparsity != 0.5:
-            raise UserError(f"--pattern 2:4 is 50% sparsity by definition: pass --sparsity 0.5 (got {self.sparsity})")
-        if not 0 < self.sparsity < 1:
-            raise UserError(f"--sparsity must be in (0, 1) (got {self.sparsity})")
-        if self.iters < 1 or self.steps < 0 or self.refit_iters < 0 or self.batch_size < 1:
-            raise UserError("--fista-iters must be ≥ 1, --fista-steps ≥ 0, --fista-refit-iters ≥ 0, "
-                            "--batch-size ≥ 1")
-
-    def fista(self) -> FistaOptions:
-        return FistaOptions(self.iters, self.steps, self.refit_iters)
 
 
 class PairGram:

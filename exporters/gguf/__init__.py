@@ -10,7 +10,15 @@ writer (the gguf file), quantize (llama.cpp quantiser, fallbacks), verify,
 export (the whole flow).
 """
 
-from .export import export_gguf
+import importlib
+
 from .quants import DEFAULT_QUANT, QUANTS
 
 __all__ = ["export_gguf", "QUANTS", "DEFAULT_QUANT"]
+
+
+def __getattr__(name: str):
+    """export_gguf imports torch; loading it on first use keeps `liar-export --help` fast."""
+    if name == "export_gguf":
+        return importlib.import_module(".export", __name__).export_gguf
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
