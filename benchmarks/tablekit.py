@@ -46,12 +46,17 @@ def dense_line(result: dict) -> str:
 
 
 def write_table(out: Path, result: dict, markdown: Callable[[dict], str], echo: bool = True) -> None:
-    """OUT.json (the numbers) and OUT.md (the README table), each written atomically; `echo` prints the table."""
+    """OUT.json (the numbers) and OUT.md (the README table), each written atomically; `echo` prints the table.
+
+    OUT is a prefix: "results/s0.5" gives s0.5.json (not s0.json); a trailing .json or .md is dropped.
+    """
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".json")) as tmp:
+    with atomic_path(out.with_name(out.name + ".json")) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)
-    with atomic_path(out.with_suffix(".md")) as tmp:
+    with atomic_path(out.with_name(out.name + ".md")) as tmp:
         tmp.write_text(table)
     if echo:
         print(table)
