@@ -63,7 +63,7 @@ def gpt2_dir(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "arch", "sparsity", "calib_missing", "calib_short",
-                                  "nonempty", "bad_plan", "bad_device"])
+                                  "nonempty", "bad_plan", "bad_device", "bad_local"])
 def test_bad_input_exit_2_and_nothing_written(case, tiny_dir, gpt2_dir, tmp_path, capsys):
     out = tmp_path / "out"
     model, extra = str(tiny_dir), []
@@ -88,6 +88,8 @@ def test_bad_input_exit_2_and_nothing_written(case, tiny_dir, gpt2_dir, tmp_path
         pytest.skip("CUDA present: --device cuda is valid here")
     elif case == "bad_device":
         extra = ["--device", "cuda"]
+    elif case == "bad_local":
+        extra = ["--reconstruct", "liar+local", "--local-granularity", "layer"]
     code = export(model, "--to", "hf", "-o", str(out), *FAST, *extra)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == EXIT_BAD_INPUT
@@ -97,6 +99,24 @@ def test_bad_input_exit_2_and_nothing_written(case, tiny_dir, gpt2_dir, tmp_path
     else:
         assert not out.exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+@pytest.mark.parametrize("method", ["liar+local", "local"])
+def test_local_reconstruction_via_cli(method, tiny_dir, tmp_path, capsys):
+    """Every submodel's loss before/after reaches the --json summary and the saved recipe."""
+    out = tmp_path / "out"
+    assert export(str(tiny_dir), "--to", "hf", "-o", str(out), "--sparsity", "0.5", "--reconstruct", method,
+                  "--local-granularity", "block", "--local-steps", "3", "--json", *FAST) == 0
+    summary = json.loads(capsys.readouterr().out)
+    subs = summary["local_reconstruction"]
+    assert [s["layers"] for s in subs] == [[i] for i in range(len(summary["widths"]))]
+    assert all(s["part"] == "block" and s["steps"] == 3 and s["loss_after"] <= s["loss_before"] for s in subs)
+    assert any(s["loss_after"] < s["loss_before"] for s in subs)
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["reconstruct"] == method and recipe["local_reconstruction"]["submodels"] == subs
+    assert recipe["local_reconstruction"]["options"]["granularity"] == "block"
+    assert recipe["options"]["reconstruct"] == {"liar+local": "liar", "local": "none"}[method]
+    assert load_checkpoint(out / "hf").model.config.liar_layers == summary["widths"]
 
 
 def test_export_2_4_pattern(tiny_dir, tmp_path, capsys):
