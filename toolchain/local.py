@@ -6,8 +6,9 @@ consecutive blocks. Each pruned submodel is trained for a few AdamW steps
 (linear warm-up, linear decay) so that its output matches, in mean squared
 error, the dense submodel's output on the calibration sequences. The input fed
 to the pruned submodel is either the dense model's own input at that boundary
-("dense", the default) or what the already-refined pruned model produces there
-("pruned", which also corrects the error accumulated upstream).
+("dense", the paper's choice) or what the already-refined pruned model produces
+there ("pruned", our default: it also corrects the error accumulated upstream,
+and measured far better on SmolLM2 — see toolchain.recipe.LocalOptions).
 
 arXiv 2510.14444 ("A Free Lunch in LLM Compression: Revisiting Retraining
 after Pruning") finds that this matches post-pruning fine-tuning at a fraction

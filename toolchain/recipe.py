@@ -66,10 +66,11 @@ class CompressOptions:
 class LocalOptions:
     """Local reconstruction (arXiv 2510.14444) after pruning."""
 
-    # Defaults measured on SmolLM2-135M at sparsity 0.5 (benchmarks/local_table.py): attention and
-    # MLP separately beat whole blocks, pruned-model inputs beat dense inputs, and with one short
-    # epoch lr 1e-3 beats the paper's 1e-5..3e-4 (a submodel that gets worse is reverted anyway).
-    granularity: str = "module"  # "module" | "block" | "blocks:K"
+    # Defaults measured on SmolLM2-135M (benchmarks/local_table.py, results/local/): whole blocks
+    # beat attention and MLP separately at sparsity 0.5 and tie at 0.2, pruned-model inputs beat
+    # dense inputs, and with one short epoch lr 1e-3 beats the paper's 1e-5..3e-4 (a submodel
+    # that gets worse is reverted anyway).
+    granularity: str = "block"  # "module" | "block" | "blocks:K"
     inputs: str = "pruned"       # where the pruned submodel's inputs come from: "pruned" | "dense"
     steps: int | None = None     # None: one epoch over the calibration sequences
     lr: float = 1e-3
