@@ -205,6 +205,7 @@ def test_plan_validate_rejects_empty_layers(layer, where):
         plan.validate()
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")  # the empty layer is the point
 def test_exporter_refuses_a_hand_made_empty_layer(tmp_path):
     """A model shrunk without PruningPlan.validate (e.g. an edited checkpoint) is refused."""
     lm = tiny_model(8)

@@ -151,11 +151,10 @@ def test_onnx_perplexity_matches_torch(exported):
     assert res["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-4)
 
 
+@pytest.mark.parametrize("exported", ["pruned_heads_biases"], indirect=True)  # one pruned model is enough
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantised_exports_run(quant, tmp_path, monkeypatch, exported):
     _, fp32_dir, fp32_summary = exported
-    if fp32_dir.name != "pruned_heads_biases":
-        pytest.skip("one pruned model is enough for the quantisers")
     if quant == "int4":  # also exercise the >2 GB external-data path on a small model
         monkeypatch.setattr(export, "EXTERNAL_DATA_ABOVE", 0)
     loaded = _model("pruned_heads_biases")
