@@ -120,4 +120,3 @@ def save_results(doc: dict, path: str | Path) -> None:
     validate(doc, str(path))
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-

@@ -19,4 +19,3 @@ def summarize(values: Sequence[float]) -> dict:
     p10, med, p90 = np.percentile(v, [10, 50, 90])
     return {"median": float(med), "p10": float(p10), "p90": float(p90),
             "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
-

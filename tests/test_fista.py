@@ -194,7 +194,6 @@ def test_semi_structured_matmul_matches_dense():
     assert res["max_rel_diff"] < 1e-2 and res["dense_s"] > 0 and res["sparse_s"] > 0
 
 
-
 def _two_four_tiny():
     loaded = tiny_model(seed=5)
     sparsify(loaded.model, CALIB, SparsityOptions(pattern="2:4", **QUICK), torch.device("cpu"), progress=False)

@@ -31,7 +31,6 @@ from .plan import LayerPlan, PruningPlan
 from .recipe import ALLOCATIONS, HEAD_UNITS, check_choice
 
 
-
 @dataclass
 class Unit:
     layer: int

@@ -81,4 +81,3 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> Loa
     tokenizer = AutoTokenizer.from_pretrained(path)
     source = {"kind": "checkpoint", "path": str(path.resolve()), "base": meta.get("source")}
     return LoadedModel(model, tokenizer, source, meta)
-

@@ -43,6 +43,7 @@ import torch
 
 from .recipe import FistaOptions
 
+
 def keep_mask(score: torch.Tensor, pattern: str, sparsity: float) -> torch.Tensor:
     """Boolean mask keeping the highest scores: per output row for unstructured,
     2 of every 4 consecutive inputs for 2:4 (then `sparsity` must be 0.5)."""

@@ -38,6 +38,7 @@ from .errors import UserError
 from .pipeline import LayerRunner
 from .recipe import LocalOptions, block_count
 
+
 @dataclass(frozen=True)
 class Submodel:
     """A slice of the decoder: `layers` (consecutive) and which part of them."""
@@ -174,7 +175,6 @@ class _Refiner:
             for p, flag in zip(params, flags):
                 p.grad = None
                 p.requires_grad_(flag)
-
 
     def refine(self, sub: Submodel, dense: nn.Module, pruned: nn.Module, dense_h: torch.Tensor,
                pruned_h: torch.Tensor | None, steps: int, bar: tqdm):

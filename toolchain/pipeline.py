@@ -37,6 +37,7 @@ from .reconstruct import reconstruct_cross, reconstruct_oneshot
 from .stats import CrossAccumulator, InputStats, StatsAccumulator
 from .surgery import prune_layer, record_widths
 
+
 @dataclass
 class CompressResult:
     plan: PruningPlan

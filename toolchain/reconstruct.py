@@ -112,4 +112,3 @@ def reconstruct_cross(lin: nn.Linear, keep: list[int], stats_in: InputStats, cov
     # bias: keep W_S, match the dense output mean: b' = b + W μ − W_S μ*_S
     w_s = w[:, keep_t]
     return _linear_with(lin, w_s, b0 + w @ mean_out - w_s @ mu_in), used
-
