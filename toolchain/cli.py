@@ -35,6 +35,7 @@ FORMATS = ("hf", "gguf", "onnx")
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
   liar-export --sparsity 0.5 --allocation global --to gguf --to onnx -o out/s50 --json
+  liar-export --sparsity 0.5 --reconstruct liar+local --calib-samples 128 --to gguf -o out/s50-local
   liar-export ./my-llama-dir --sparsity 0 --to gguf --quant q8_0 -o out/dense   # dense baseline
   liar-export model.gguf --calib notes.txt --calib-samples 128 --to hf -o out/ckpt
   liar-export --plan out/s50/plan.json --to hf -o out/replay                    # replay a plan
