@@ -65,14 +65,13 @@ def soft_threshold(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def lipschitz(h: torch.Tensor, iters: int = 100) -> float:
     """Largest eigenvalue of the PSD matrix h by power iteration (5% safety margin)."""
     v = torch.ones(h.shape[0], dtype=h.dtype, device=h.device) / math.sqrt(h.shape[0])
-    lam = 0.0
-    for _ in range(iters):
+    norm = torch.zeros((), dtype=h.dtype, device=h.device)
+    for _ in range(iters):  # no host sync inside the loop: it runs on the device
         u = h @ v
-        lam = float(u.norm())
-        if lam == 0.0:
-            return 1.0
-        v = u / lam
-    return 1.05 * lam
+        norm = u.norm()
+        v = u / norm.clamp_min(torch.finfo(h.dtype).tiny)
+    lam = float(norm)
+    return 1.05 * lam if lam > 0 else 1.0
 
 
 def fista(v: torch.Tensor, h: torch.Tensor, b: torch.Tensor, tau: torch.Tensor, lip: float,
@@ -141,13 +140,13 @@ def solve(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, g: torch.Tensor, ma
 
     best = w * dd * mask0  # candidate zero: the criterion's mask on W (in V coordinates)
     best_err = row_error(best, ht, bt, const)
-    err0 = best_err.clone()
+    err0 = best_err
     best_lam = torch.zeros(w.shape[0], dtype=f32, device=dev)
-    best_mask = mask0.clone()
+    best_mask = mask0
     # λ_i ≥ max_j |B_ij| makes W* = 0 optimal for row i: bisect in log space below it
     hi = bt.mul(dd).abs().amax(1).clamp_min(1e-30).log()
     lo = hi + math.log(1e-6)
-    v = best.clone()
+    v = best
     for _ in range(opts.steps):
         mid = (lo + hi) / 2
         lam = mid.exp()

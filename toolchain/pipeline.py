@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -79,6 +80,23 @@ class LayerRunner:
                 if keep_output:
                     outs.append((y[0] if isinstance(y, tuple) else y).cpu())
         return torch.cat(outs) if keep_output else None
+
+    def module_inputs(self, streams: list[tuple[str, nn.Module, nn.Module, torch.Tensor]]
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+        """Per micro-batch, the input of each stream's module, keyed by the stream's name.
+
+        A stream is (name, module inside `layer`, layer, the layer's input hidden states); the
+        layer runs only up to the module. Streams are token-aligned, so their inputs pair up.
+        """
+        for i in range(0, streams[0][3].shape[0], self.batch_size):
+            got: dict[str, torch.Tensor] = {}
+            for name, module, layer, hidden in streams:
+                hook = _capture(module, lambda x, n=name: got.__setitem__(n, x), stop=True)
+                try:
+                    self.run(layer, hidden[i:i + self.batch_size], keep_output=False)
+                finally:
+                    hook.remove()
+            yield got
 
 
 def _capture(module: nn.Module, sink, stop: bool = False):
@@ -235,15 +253,8 @@ class Compressor:
                      keep: list[int]):
         """Cov(x*_S, x) for one Linear: x* from the pruned stream, x from the dense stream."""
         acc, keep_t = CrossAccumulator(), torch.tensor(keep, device=self.device)
-        for i in range(0, pruned_in.shape[0], self.opts.batch_size):
-            got: dict[str, torch.Tensor] = {}
-            for name, mod, lay, src in (("a", module_pruned, layer_pruned, pruned_in),
-                                        ("b", module_dense, layer_dense, dense_in)):
-                h = _capture(mod, lambda x, n=name: got.__setitem__(n, x), stop=True)
-                try:
-                    self.runner.run(lay, src[i:i + self.opts.batch_size], keep_output=False)
-                finally:
-                    h.remove()
+        for got in self.runner.module_inputs([("a", module_pruned, layer_pruned, pruned_in),
+                                              ("b", module_dense, layer_dense, dense_in)]):
             a = got["a"] if got["a"].shape[-1] == len(keep) else got["a"].index_select(-1, keep_t)
             acc.add(a, got["b"])
         return acc.result()

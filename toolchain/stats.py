@@ -15,6 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserError
+
+
+def check_finite(*xs: torch.Tensor) -> None:
+    """Calibration activations must be finite: NaN/Inf means the model diverges on this text."""
+    if not all(bool(torch.isfinite(x).all()) for x in xs):
+        raise UserError("calibration produced NaN/Inf activations: the model diverges on this "
+                        "calibration text (check the model file, or use --calib with other text)")
+
 
 @dataclass
 class InputStats:
@@ -60,10 +69,7 @@ class StatsAccumulator:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1])
-        if not torch.isfinite(x).all():
-            from .errors import UserError
-            raise UserError("calibration produced NaN/Inf activations: the model diverges on this "
-                            "calibration text (check the model file, or use --calib with other text)")
+        check_finite(x)
         if self.shift is None:
             self.shift = x.double().mean(0)
             dim = x.shape[-1]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -32,7 +33,8 @@ from tqdm import tqdm
 
 from .errors import LiarError, UserError
 from .fista import keep_mask, solve
-from .pipeline import LayerRunner, _capture
+from .pipeline import LayerRunner
+from .stats import check_finite
 from .recipe import SparsityOptions
 
 STAGES: tuple[tuple[str, ...], ...] = (
@@ -41,6 +43,14 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("mlp.gate_proj", "mlp.up_proj"),
     ("mlp.down_proj",),
 )
+
+
+def sparse_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    """Every Linear this module zeroes, in walk order: (name inside its decoder layer, module)."""
+    for layer in model.model.layers:
+        for stage in STAGES:
+            for name in stage:
+                yield name, layer.get_submodule(name)
 
 
 class PairGram:
@@ -53,9 +63,7 @@ class PairGram:
 
     def add(self, xs: torch.Tensor, x: torch.Tensor | None) -> None:
         xs = xs.detach().reshape(-1, xs.shape[-1])
-        if not torch.isfinite(xs).all() or (x is not None and not torch.isfinite(x).all()):
-            raise UserError("calibration produced NaN/Inf activations: the model diverges on this "
-                            "calibration text (check the model file, or use --calib with other text)")
+        check_finite(xs, *([] if x is None else [x]))
         if self.diag is None:
             self.diag = torch.zeros(xs.shape[1], dtype=torch.float64, device=xs.device)
             if self.full:
@@ -85,32 +93,25 @@ def criterion_mask(w: torch.Tensor, norms: torch.Tensor | None, opts: SparsityOp
 class _Walk:
     def __init__(self, model: nn.Module, calib_ids: torch.Tensor, opts: SparsityOptions,
                  device: torch.device) -> None:
+        if opts.pattern == "2:4":  # before any calibration work
+            for name, lin in sparse_linears(model):
+                if lin.in_features % 4:
+                    raise UserError(f"{name} has {lin.in_features} inputs, not a multiple of 4: "
+                                    "use --pattern unstructured")
         self.opts, self.device = opts, device
         self.layers = model.model.layers
         self.full = opts.reconstruct == "fista"
         self.needs_data = self.full or opts.criterion == "wanda"
         self.runner = LayerRunner(model, calib_ids, device, opts.batch_size) if self.needs_data else None
-        for layer in self.layers:
-            for stage in STAGES:
-                for name in stage:
-                    lin = layer.get_submodule(name)
-                    if opts.pattern == "2:4" and lin.in_features % 4:
-                        raise UserError(f"{name} has {lin.in_features} inputs, not a multiple of 4: "
-                                        "use --pattern unstructured")
 
     def _stage_stats(self, first: str, layer: nn.Module, hidden: torch.Tensor,
                      dense_layer: nn.Module | None, dense_hidden: torch.Tensor | None) -> PairGram:
         """Inputs of `first` (pruned stream; dense stream too when reconstructing)."""
-        acc, bs = PairGram(self.full), self.opts.batch_size
-        for i in range(0, hidden.shape[0], bs):
-            got: dict[str, torch.Tensor] = {}
-            runs = [("xs", layer, hidden)] + ([("x", dense_layer, dense_hidden)] if self.full else [])
-            for key, lay, src in runs:
-                hook = _capture(lay.get_submodule(first), lambda t, k=key: got.__setitem__(k, t), stop=True)
-                try:
-                    self.runner.run(lay, src[i:i + bs], keep_output=False)
-                finally:
-                    hook.remove()
+        acc = PairGram(self.full)
+        streams = [("xs", layer.get_submodule(first), layer, hidden)]
+        if self.full:
+            streams.append(("x", dense_layer.get_submodule(first), dense_layer, dense_hidden))
+        for got in self.runner.module_inputs(streams):
             acc.add(got["xs"], got.get("x"))
         return acc
 
@@ -173,7 +174,6 @@ def sparsify(model: nn.Module, calib_ids: torch.Tensor, opts: SparsityOptions, d
     "lambda_median", "iterations", "err_before", "err_after" (relative, on calibration data),
     "warm_start_rows", "rows"]}]}."""
     opts.validate()
-    torch.manual_seed(opts.seed)
     start = time.perf_counter()
     layers = _Walk(model, calib_ids, opts, device).run(progress)
     zeros = sum(s["zeros"] for lay in layers for s in lay["stages"])
