@@ -36,7 +36,7 @@ class QuantSpec:
     via_llama: bool  # quantised by llama.cpp's quantiser rather than written directly
     max_ppl_rel: float  # |ppl_gguf / ppl_torch - 1| allowed
     min_top1: float  # fraction of positions whose arg-max token agrees
-    max_dlogit: float | None = None  # only checked where the weights are exact
+    max_dlogit: float | None = None  # × max(1, largest |logit|); only where the weights are exact
 
     @property
     def block(self) -> int:
