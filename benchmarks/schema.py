@@ -36,7 +36,7 @@ in bytes)::
           "prefill": {"<prompt tokens>": {"tokens_per_s": Summary}},
           "decode": {"latency_ms": Summary,  # per generated token, pooled over repeats
                      "tokens_per_s": Summary, "prompt_tokens": int, "gen_tokens": int},
-          "memory": {"peak_rss_bytes": Summary,   # whole worker process (getrusage)
+          "memory": {"peak_rss_bytes": Summary,   # worker's VmHWM from the load on (reset after imports)
                      "model_rss_bytes": Summary,  # peak minus RSS after the runtime was imported
                      "peak_gpu_bytes": Summary | null},  # CUDA only (see benchmarks.gpu)
           "quality": {"perplexity": float, "nll": float, "tokens": int,

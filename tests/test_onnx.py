@@ -154,10 +154,9 @@ def test_onnx_perplexity_matches_torch(exported):
 @pytest.mark.parametrize("exported", ["pruned_heads_biases"], indirect=True)  # one pruned model is enough
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantised_exports_run(quant, tmp_path, monkeypatch, exported):
-    _, fp32_dir, fp32_summary = exported
+    loaded, fp32_dir, fp32_summary = exported
     if quant == "int4":  # also exercise the >2 GB external-data path on a small model
         monkeypatch.setattr(export, "EXTERNAL_DATA_ABOVE", 0)
-    loaded = _model("pruned_heads_biases")
     # int8 quantises the fp32 export already made (no second trace); int4 traces its own
     s = export_onnx(loaded, tmp_path / quant, quant=quant, progress=False,
                     float_onnx=fp32_dir if quant == "int8" else None)

@@ -29,7 +29,7 @@ from toolchain.texts import heldout_text
 from .export import export_onnx
 from .quantize import ONNX_QUANTS
 from .runtime import OnnxDecoder
-from .verify import judge, measure
+from .verify import TOLERANCES, judge, measure
 
 
 def random_widths_plan(model, seed: int = 0, keep: float = 0.5, round_to: int = 32) -> PruningPlan:
@@ -66,17 +66,27 @@ def measure_exports(loaded: LoadedModel, label: str, out: Path, quants: tuple[st
     from the fp32 one) and measure each against PyTorch; `save(rows)` after every row."""
     ids = encode(loaded.tokenizer, heldout_text())
     rows, float_dir = [], out / f"{label}-none"
+    # an fp32 graph left in OUT by an earlier run may be of another model: quantise it only
+    # when this call exported it, or when --reuse says the exports in OUT are this model's
+    float_ok = reuse
     for quant in quants:
         target = out / f"{label}-{quant}"
         if not (reuse and (target / "io.json").is_file()):
             export_onnx(loaded, target, quant=quant, verify=False,
-                        float_onnx=float_dir if (float_dir / "io.json").is_file() else None)
+                        float_onnx=float_dir if float_ok and (float_dir / "io.json").is_file() else None)
+        float_ok = float_ok or quant == "none"
         size = sum(f.stat().st_size for f in target.glob("model.onnx*"))
         stats = measure(loaded.model, OnnxDecoder(target), ids, quant, seqlen, windows)
         rows.append({"model": label, "quant": quant, "model_bytes": size, **stats})
         print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
         save(rows)
     return rows
+
+
+def rejudged(row: dict) -> dict:
+    """A row kept from an earlier results.json, judged under today's tolerances (JSON and table agree)."""
+    failures = judge(row, row["quant"])
+    return {**row, "tolerances": TOLERANCES[row["quant"]], "failures": failures, "passed": not failures}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -88,7 +98,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['model_bytes'] / 1e6:.1f} MB | {r['perplexity_torch']:.3f} | "
                      f"{r['perplexity_onnx']:.3f} | {r['perplexity_ratio']:.4f} | "
                      f"{r['max_abs_dlogit']:.2e} / {r['max_abs_dlogit_kv']:.2e} | "
-                     f"{r['top1_agreement']:.3f} | {'no' if judge(r, r['quant']) else 'yes'} |")
+                     f"{r['top1_agreement']:.3f} | {'yes' if r['passed'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quants", nargs="+", choices=ONNX_QUANTS, default=list(ONNX_QUANTS))
     args = p.parse_args(argv)
     old = args.out / "results.json"
-    kept = [r for r in (json.loads(old.read_text()) if old.is_file() else [])
+    kept = [rejudged(r) for r in (json.loads(old.read_text()) if old.is_file() else [])
             if r["model"] not in args.models or r["quant"] not in args.quants]
     done: list[dict] = []
 
