@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cost_only:
         with atomic_path(Path(args.output + "-cost.json")) as tmp:
             tmp.write_text(json.dumps({"dense_perplexity": dense_ppl, "cost": cost,
-                                       "machine": result_doc(args, dense_ppl, cost, {}, [])["machine"]}, indent=1))
+                                       "machine": setup_record(args)["machine"]}, indent=1))
         return
 
     start = time.perf_counter()

@@ -9,7 +9,8 @@ calibration sequences. One dense statistics pass is shared by all recipes (it
 does not depend on the recipe), so a row's time is its own plan +
 reconstruction (+ local refinement).
 
-    python -m benchmarks.local_table -o benchmarks/results/local_smollm2
+    python -m benchmarks.local_table -o benchmarks/results/local/grid_s05 --sparsities 0.5 \
+        --calib-samples 32 --eval-windows 16 --lr 1e-3 --inputs pruned --threads 1
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from toolchain.local import default_steps, local_reconstruct
 from toolchain.params import param_summary
 from toolchain.pipeline import Compressor
-from toolchain.recipe import CompressOptions, LocalOptions
+from toolchain.recipe import LOCAL_INPUTS, CompressOptions, LocalOptions
 
 from .tablekit import dense_line, setup_record, smollm2_setup, write_table
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="local steps per submodel (default one epoch)")
     p.add_argument("--lr", type=float, default=LocalOptions.lr)
     p.add_argument("--batch-size", type=int, default=LocalOptions.batch_size)
-    p.add_argument("--inputs", default=LocalOptions.inputs, choices=("dense", "pruned"))
+    p.add_argument("--inputs", default=LocalOptions.inputs, choices=LOCAL_INPUTS)
     p.add_argument("--eval-seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     methods = args.methods.split(",")
     granularities = args.granularities.split(",")
     rows: list[dict] = []
+    dense_block = param_summary(dense)["block"]
 
     def record(row: dict, model) -> None:
-        row["achieved_sparsity"] = 1 - param_summary(model)["block"] / param_summary(dense)["block"]
+        row["achieved_sparsity"] = 1 - param_summary(model)["block"] / dense_block
         row["perplexity"] = ppl(model)["perplexity"]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             if "liar" in wanted:
                 record({**common, "method": "liar", "granularity": None, "seconds": res.seconds,
                         "local": None}, start_model)
-            for gran in granularities if [m for m in wanted if m != "liar"] else []:
+            refined = [m for m in wanted if m != "liar"]
+            for gran in granularities if refined else []:
                 model = copy.deepcopy(start_model)
                 lopts = LocalOptions(granularity=gran, inputs=args.inputs, steps=args.steps, lr=args.lr,
                                      batch_size=args.batch_size)

@@ -348,7 +348,7 @@ def _relocated(report: dict, tmp: Path, out: Path) -> dict:
 
 def _verify_manifest_command(argv: Sequence[str]) -> int:
     p = Parser(prog="liar-export verify-manifest",
-                                description="Check every artifact in DIR against DIR/manifest.json (SHA-256).")
+               description="Check every artifact in DIR against DIR/manifest.json (SHA-256).")
     p.add_argument("directory")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -358,10 +358,9 @@ def _verify_manifest_command(argv: Sequence[str]) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="liar-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=EVAL_EXAMPLES,
-                                description="Perplexity of a model or artifact on a text file "
-                                            "(non-overlapping windows; position i predicts token i+1).")
+    p = Parser(prog="liar-eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EXAMPLES,
+               description="Perplexity of a model or artifact on a text file "
+                           "(non-overlapping windows; position i predicts token i+1).")
     p.add_argument("model", nargs="?", help="checkpoint / HF dir / hub id / .gguf (llama.cpp) / .onnx "
                    "(onnxruntime); default SmolLM2-135M-Instruct in PyTorch")
     p.add_argument("--text", help="text file (.txt or .jsonl); default: bundled held-out legal prose")
