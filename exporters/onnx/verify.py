@@ -24,7 +24,7 @@ from .runtime import OnnxDecoder
 FP32_DLOGIT_REL = 1e-3
 TOLERANCES = {
     "none": {"max_ppl_increase": 0.005, "min_top1": 0.99},
-    "int8": {"max_ppl_increase": 0.02, "min_top1": 0.95},
+    "int8": {"max_ppl_increase": 0.02, "min_top1": 0.90},  # top-1 as GGUF q8_0 (same 8-bit weights)
     "int4": {"max_ppl_increase": 0.35, "min_top1": 0.60},
 }
 DECODE_STEPS = 8

@@ -1,0 +1,63 @@
+"""GGUF sizes and verification table for the README.
+
+The dense SmolLM2-135M-Instruct and a pruned checkpoint (`liar-export --to hf`)
+exported to each GGUF type with `export_gguf` and verified against PyTorch in
+llama.cpp (F32 KV cache) on the bundled held-out legal prose: file size,
+architecture, both perplexities, top-1 agreement, max |Δlogit| and the number
+of tensors that fell back to another type (rows not a multiple of the block).
+
+    liar-export --sparsity 0.5 --allocation global --to hf -o out/s50
+    python -m benchmarks.gguf_table -o benchmarks/results/gguf_smollm2 --pruned out/s50/hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from exporters.gguf import export_gguf
+from toolchain.models import load_model
+from toolchain.texts import heldout_text
+
+from .tablekit import write_table
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, help="output prefix (.json and .md are written)")
+    p.add_argument("--pruned", required=True, help="pruned checkpoint directory (liar-export --to hf)")
+    p.add_argument("--quants", default="f32,f16,q8_0,q4_k_m")
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--windows", type=int, default=4)
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, source in (("dense", None), ("pruned", args.pruned)):
+            loaded = load_model(source)
+            for quant in args.quants.split(","):
+                s = export_gguf(loaded, Path(tmp) / f"{label}-{quant}.gguf", quant=quant, verify_text=heldout_text(),
+                                verify_seqlen=args.seqlen, verify_windows=args.windows, progress=False)
+                rows.append({"model": label, "quant": quant, "fallbacks": len(s["fallbacks"]),
+                             **{k: s[k] for k in ("bytes", "architecture", "perplexity_torch", "perplexity_llamacpp",
+                                                  "ppl_ratio", "top1_agreement", "max_abs_dlogit", "passed")}})
+                print(rows[-1], flush=True)
+    write_table(Path(args.output), {"pruned": args.pruned, "seqlen": args.seqlen, "windows": args.windows,
+                                    "rows": rows}, markdown)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"SmolLM2-135M-Instruct, held-out legal prose {result['windows']}×{result['seqlen']} tokens, "
+             f"llama.cpp with F32 KV cache; pruned = `{result['pruned']}`.", "",
+             "| file | bytes | arch | ppl PyTorch | ppl llama.cpp | ratio | top-1 | max \\|Δlogit\\| | fallbacks | passed |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} {r['quant']} | {r['bytes']:,} | {r['architecture']} | "
+                     f"{r['perplexity_torch']:.3f} | {r['perplexity_llamacpp']:.3f} | {r['ppl_ratio']:.4f} | "
+                     f"{r['top1_agreement']:.3f} | {r['max_abs_dlogit']:.2g} | {r['fallbacks']} | "
+                     f"{'yes' if r['passed'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
