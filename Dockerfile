@@ -16,7 +16,7 @@ ARG RUNTIME_IMAGE=${BASE_IMAGE}
 # ---------------------------------------------------------------- builder ---
 FROM ${BASE_IMAGE} AS builder
 ARG VARIANT=cpu
-ARG TORCH_VERSION=2.13.0
+ARG TORCH_VERSION=
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -26,29 +26,34 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
-        build-essential cmake ca-certificates \
+        build-essential cmake ninja-build ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
 WORKDIR /src
 COPY pyproject.toml ./
-COPY docker/pip-env.sh docker/pip-env.sh
+COPY docker/pip-env.sh docker/pins.py docker/
 
-# llama.cpp compiled portable (no -march=native), so the image runs on any x86-64 CPU.
+# llama.cpp compiled portable (no -march=native), so the image runs on any x86-64 CPU, on every
+# core of the builder (Ninja, CMAKE_BUILD_PARALLEL_LEVEL=nproc; the log shows [n/N] steps). Only the
+# libllama/ggml that llama_cpp.Llama loads: no multimodal (mtmd/llava) library, which liar-export never uses.
 RUN --mount=type=secret,id=pip_cert --mount=type=bind,source=docker/wheels,target=/wheels \
     . docker/pip-env.sh \
- && version=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml) \
- && test -n "$version" \
- && cmake_args="-DGGML_NATIVE=OFF" \
+ && version=$(python3 docker/pins.py llama-cpp-python) \
+ && cmake_args="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
  && if [ "$VARIANT" = cuda ]; then cmake_args="$cmake_args -DGGML_CUDA=on"; fi \
- && CMAKE_ARGS="$cmake_args" pip wheel --no-deps --no-binary llama-cpp-python \
+ && echo "llama-cpp-python $version: CMAKE_ARGS=$cmake_args, $(nproc) build jobs" \
+ && CMAKE_ARGS="$cmake_args" CMAKE_GENERATOR=Ninja CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        pip wheel --verbose --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$version" -w /tmp/llama-wheel
 
 RUN --mount=type=secret,id=pip_cert --mount=type=bind,source=docker/wheels,target=/wheels \
     . docker/pip-env.sh \
  && src="" \
+ && torch="${TORCH_VERSION:-$(python3 docker/pins.py torch)}" \
+ && echo "torch $torch" \
  && if [ "$VARIANT" = cpu ]; then src="--find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url $TORCH_INDEX_URL}"; fi \
- && pip install $src "torch==$TORCH_VERSION"
+ && pip install $src "torch==$torch"
 
 COPY README.md ./
 COPY toolchain toolchain

@@ -3,6 +3,7 @@
     liar-bench run ARTIFACT... --baseline DENSE [--device cpu|cuda] [--threads N]
                    [--prompt-tokens 128,512] [--gen-tokens 128] [--repeats N] [--text FILE]
                    -o RESULTS.json
+    liar-bench encoders DENSE_ONNX PRUNED_ONNX... [--threads N] [--batch 32] [--seq-tokens 128] -o RESULTS.json
     liar-bench export-dashboard RESULTS.json --format github-action-benchmark|csv [-o FILE]
     liar-bench report RESULTS.json... -o DIR
     liar-bench compare OLD.json NEW.json [--threshold 0.10]
@@ -27,6 +28,7 @@ from .dashboard import DIRECTIONS, FORMATS
 EXAMPLES = """examples:
   liar-bench run out/s50/model-q8_0.gguf --baseline out/dense/model-q8_0.gguf --threads 2 -o results.json
   liar-bench run out/s50/onnx --baseline out/dense/onnx --prompt-tokens 128,512 --gen-tokens 64 -o onnx.json
+  liar-bench encoders out/enc-dense/onnx out/enc-s50/onnx --threads 1 -o enc.json   # encoder latency + quality
   liar-bench compare main.json results.json --threshold 0.10     # exit 4 on a regression
   liar-bench report results.json -o report/                        # PNG plots + report/index.html
   liar-bench export-dashboard results.json --format github-action-benchmark -o bench.json
@@ -73,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-pin", action="store_true", help="do not pin workers to the first N cores")
     r.add_argument("-o", "--output", required=True, metavar="RESULTS.json")
 
+    e = sub.add_parser("encoders", help="onnxruntime latency, memory and embedding quality of encoder exports")
+    e.add_argument("artifacts", nargs="+", metavar="ONNX",
+                   help="encoder ONNX exports (directory or .onnx): the dense baseline first, then pruned ones")
+    e.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: usable cores)")
+    e.add_argument("--batch", type=int, default=32, help="texts per forward pass (default 32)")
+    e.add_argument("--seq-tokens", type=int, default=128, help="tokens per text, no padding (default 128)")
+    e.add_argument("--repeats", type=int, default=5, help="worker processes per artifact (default 5)")
+    e.add_argument("--iters", type=int, default=10, help="timed forward passes per worker (default 10)")
+    e.add_argument("--warmup", type=int, default=2, help="untimed passes per worker (default 2)")
+    e.add_argument("--text", metavar="FILE", help="text for the batch and the retrieval test (default: the "
+                                                  "built-in held-out legal prose)")
+    e.add_argument("--no-pin", action="store_true", help="do not pin workers to the first N cores")
+    e.add_argument("-o", "--output", required=True, metavar="RESULTS.json")
+
     d = sub.add_parser("export-dashboard", help="github-action-benchmark JSON or CSV")
     d.add_argument("results", metavar="RESULTS.json")
     d.add_argument("--format", choices=FORMATS, required=True)
@@ -114,6 +130,19 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encoders(a: argparse.Namespace) -> int:
+    import json
+
+    from .encoders import markdown, run_encoders
+
+    doc = run_encoders(a.artifacts, a.threads, a.batch, a.seq_tokens, a.repeats, a.iters, a.warmup, a.text,
+                       pin=not a.no_pin)
+    _write_text(a.output, json.dumps(doc, indent=1, default=str) + "\n")
+    print(markdown(doc))
+    print(f"[liar-bench] wrote {a.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .dashboard import export
     from .schema import load_results
@@ -150,7 +179,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "export-dashboard": cmd_export, "report": cmd_report, "compare": cmd_compare}
+COMMANDS = {"run": cmd_run, "encoders": cmd_encoders, "export-dashboard": cmd_export, "report": cmd_report,
+            "compare": cmd_compare}
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -14,7 +14,6 @@ calibration tokens, in the same process.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import threading
 import time
@@ -24,12 +23,13 @@ import psutil
 import torch
 
 from toolchain.atomic import atomic_path
+from toolchain.compress import compress, dense_statistics
 from toolchain.criteria import CRITERIA
-from toolchain.params import param_summary
-from toolchain.pipeline import Compressor
+from toolchain.models import Model
 from toolchain.recipe import CompressOptions
+from toolchain.sinks import MemorySink
 
-from .tablekit import dense_line, setup_record, smollm2_setup, write_table
+from .tablekit import add_setup_arguments, dense_line, setup_from, setup_record, write_table
 
 
 class PeakRSS:
@@ -58,23 +58,36 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def _timed_forward(model, ids: torch.Tensor, batch: int) -> float:
+def timed_forward(model: Model, ids: torch.Tensor, batch: int) -> float:
+    """Seconds of one plain forward pass of the whole model over `ids` (the cost yardstick)."""
+    module = model.module()
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(ids), batch):
-            model(ids[i:i + batch])
+            module(ids[i:i + batch])
     return time.perf_counter() - start
 
 
-def measure_cost(dense, ids: torch.Tensor, opts: CompressOptions) -> dict:
+def run(dense: Model, ids: torch.Tensor, opts: CompressOptions, dense_stats=None, local=None) -> tuple[Model, dict]:
+    """One recipe on `dense` in memory: (compressed model, seconds per pass)."""
+    sink = MemorySink(dense)
+    res = compress(dense, ids, opts, torch.device("cpu"), sink, local=local, progress=False, dense_stats=dense_stats)
+    return sink.close(res.widths, {"plan": res.plan.to_json()}), res.seconds
+
+
+def block_sparsity(model: Model, dense: Model) -> float:
+    return 1 - model.param_summary()["block"] / dense.param_summary()["block"]
+
+
+def measure_cost(dense: Model, ids: torch.Tensor, opts: CompressOptions) -> dict:
     """End-to-end compression vs one plain forward pass, same process, same tokens."""
-    forward_s = _timed_forward(dense, ids, opts.batch_size)
-    model = copy.deepcopy(dense)
+    forward_s = timed_forward(dense, ids, opts.batch_size)
     with PeakRSS() as mem:
-        res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run()
-    cost = {"forward_seconds": forward_s, "compress_seconds": res.seconds, "ratio": res.seconds / forward_s,
+        _, seconds = run(dense, ids, opts)
+    total = sum(seconds.values())
+    cost = {"forward_seconds": forward_s, "compress_seconds": total, "passes": seconds, "ratio": total / forward_s,
             "peak_rss_mb": mem.peak / 2**20, "extra_rss_mb": mem.extra_mb, "recipe": vars(opts)}
-    print(f"cost: compress {res.seconds:.1f}s vs forward {forward_s:.1f}s (×{cost['ratio']:.2f})", flush=True)
+    print(f"cost: compress {total:.1f}s vs forward {forward_s:.1f}s (×{cost['ratio']:.2f})", flush=True)
     return cost
 
 
@@ -85,20 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--criteria", default=",".join(sorted(CRITERIA)))
     p.add_argument("--reconstruct", default="none,bias,liar")
     p.add_argument("--allocations", default="uniform,global")
-    p.add_argument("--calib-samples", type=int, default=64)
-    p.add_argument("--calib-seqlen", type=int, default=256)
-    p.add_argument("--eval-seqlen", type=int, default=256)
-    p.add_argument("--eval-windows", type=int, default=32)
+    add_setup_arguments(p)
     p.add_argument("--global-only-criteria", default="",
                    help="criteria run with global allocation only (to bound the grid's cost)")
     p.add_argument("--sequential", action="store_true", help="also run the default recipe in sequential mode")
     p.add_argument("--skip-cost", action="store_true", help="skip the end-to-end cost measurement")
     p.add_argument("--cost-only", action="store_true", help="only the end-to-end cost measurement (OUTPUT-cost.json)")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-
-    loaded, ids, ppl = smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
-    dense = loaded.model
+    dense, ids, ppl = setup_from(args)
     dense_ppl = ppl(dense)["perplexity"]
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
     rows: list[dict] = []
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     with PeakRSS() as mem:
-        stats = Compressor(dense, ids, default, torch.device("cpu"), progress=False).collect_stats(full=True)
+        stats = dense_statistics(dense, ids, torch.device("cpu"), default.batch_size, progress=False)
     shared = {"seconds": time.perf_counter() - start, "extra_rss_mb": mem.extra_mb}
     sparsities = [float(s) for s in args.sparsities.split(",")]
     methods = args.reconstruct.split(",")
@@ -124,12 +131,11 @@ def main(argv: list[str] | None = None) -> None:
              for s in sparsities for m in methods]
     for sparsity, criterion, method, allocation in grid:
         opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation)
-        model = copy.deepcopy(dense)
         with PeakRSS() as mem:
-            res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run(dense_stats=stats)
+            model, seconds = run(dense, ids, opts, dense_stats=stats)
         row = {"sparsity": sparsity, "criterion": criterion, "reconstruct": method, "allocation": allocation,
-               "mode": "oneshot", "achieved_sparsity": 1 - param_summary(model)["block"] / param_summary(dense)["block"],
-               "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
+               "mode": "oneshot", "achieved_sparsity": block_sparsity(model, dense),
+               "perplexity": ppl(model)["perplexity"], "seconds": sum(seconds.values()), "extra_rss_mb": mem.extra_mb}
         rows.append(row)
         print(json.dumps(row), flush=True)
         write_table(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows), markdown,
@@ -138,12 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.sequential:
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
             opts = CompressOptions(sparsity=sparsity, mode="sequential")
-            model = copy.deepcopy(dense)
             with PeakRSS() as mem:
-                res = Compressor(model, ids, opts, torch.device("cpu"), progress=False).run()
+                model, seconds = run(dense, ids, opts)
             row = {**{k: getattr(opts, k) for k in ("sparsity", "criterion", "reconstruct", "allocation", "mode")},
-                   "achieved_sparsity": 1 - param_summary(model)["block"] / param_summary(dense)["block"],
-                   "perplexity": ppl(model)["perplexity"], "seconds": res.seconds, "extra_rss_mb": mem.extra_mb}
+                   "achieved_sparsity": block_sparsity(model, dense),
+                   "perplexity": ppl(model)["perplexity"], "seconds": sum(seconds.values()), "extra_rss_mb": mem.extra_mb}
             rows.append(row)
             print(json.dumps(row), flush=True)
     write_table(Path(args.output), result_doc(args, dense_ppl, cost, shared, rows), markdown)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from exporters.gguf import export_gguf
-from toolchain.models import load_model
+from toolchain.models import open_model
 from toolchain.texts import heldout_text
 
 from .tablekit import write_table
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, source in (("dense", None), ("pruned", args.pruned)):
-            loaded = load_model(source)
+            model = open_model(source)
             for quant in args.quants.split(","):
-                s = export_gguf(loaded, Path(tmp) / f"{label}-{quant}.gguf", quant=quant, verify_text=heldout_text(),
+                s = export_gguf(model, Path(tmp) / f"{label}-{quant}.gguf", quant=quant, verify_text=heldout_text(),
                                 verify_seqlen=args.seqlen, verify_windows=args.windows, progress=False)
                 rows.append({"model": label, "quant": quant, "fallbacks": len(s["fallbacks"]),
                              **{k: s[k] for k in ("bytes", "architecture", "perplexity_torch", "perplexity_llamacpp",

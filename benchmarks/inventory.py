@@ -1,7 +1,7 @@
 """What an artifact holds, read from the file itself: format, weight type,
 parameters, bytes on disk, and the bytes a decode step must read.
 
-The ideal decode speed-up (DESIGN.md §8) is the ratio of bytes read per
+The ideal decode speed-up (docs/DESIGN.md §8) is the ratio of bytes read per
 token: every block weight, the LM head and the final norm are read in full
 for each generated token, the token embedding only one row. With tied
 embeddings the LM head *is* the embedding matrix, so it is read in full.
@@ -21,9 +21,6 @@ from toolchain.errors import UserError
 # roles: "embedding" (one row read per token), "embedding_tied" (also the LM head:
 # read in full), "head" (LM head), "body" (blocks and norms: read in full)
 FULL_READ = ("embedding_tied", "head", "body")
-SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                        "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
 
 @dataclass(frozen=True)
 class Tensor:
@@ -59,7 +56,7 @@ def backend_of(path: Path) -> tuple[str, str]:
 
 
 def bytes_per_token(tensors: list[Tensor]) -> int:
-    """Weight bytes one decode step reads (DESIGN.md §8)."""
+    """Weight bytes one decode step reads (docs/DESIGN.md §8)."""
     full = sum(t.nbytes for t in tensors if t.role in FULL_READ)
     rows = sum(t.nbytes // max(t.rows, 1) for t in tensors if t.role == "embedding")
     return int(full + rows)
@@ -176,17 +173,6 @@ def _onnx_bytes(path: Path, model) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
-def _onnx_recipe(model) -> dict | None:
-    recipe = {}
-    for prop in model.metadata_props:
-        if prop.key.startswith("liar"):
-            try:
-                recipe[prop.key] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                recipe[prop.key] = prop.value
-    return recipe or None
-
-
 # ---------------------------------------------------------------- safetensors (PyTorch dirs)
 def _safetensors_header(path: Path) -> dict:
     with open(path, "rb") as f:
@@ -243,7 +229,7 @@ def describe(path: str | Path) -> dict:
     elif fmt == "onnx":
         model = _onnx_model(path)
         tensors = _onnx_tensors(model)
-        weight_type, recipe, nbytes = _onnx_weight_type(model), _onnx_recipe(model), _onnx_bytes(path, model)
+        weight_type, recipe, nbytes = _onnx_weight_type(model), None, _onnx_bytes(path, model)
     else:
         tensors, weight_type = _dir_tensors(path)
         recipe, nbytes = None, sum(f.stat().st_size for f in path.glob("*.safetensors"))

@@ -16,7 +16,6 @@ reconstruction (+ local refinement).
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import time
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from toolchain.local import default_steps, local_reconstruct
-from toolchain.params import param_summary
-from toolchain.pipeline import Compressor
+from toolchain.compress import compress, dense_statistics
+from toolchain.local import default_steps
 from toolchain.recipe import LOCAL_INPUTS, CompressOptions, LocalOptions
+from toolchain.sinks import MemorySink
 
-from .tablekit import dense_line, setup_record, smollm2_setup, write_table
+from .compression_table import block_sparsity, run
+from .tablekit import add_setup_arguments, dense_line, setup_from, setup_record, write_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,68 +39,50 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--criteria", default="flap,wanda-sp")
     p.add_argument("--granularities", default="module,block")
     p.add_argument("--methods", default="liar,liar+local,local", help="subset of liar, liar+local, local")
-    p.add_argument("--calib-samples", type=int, default=64)
-    p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--steps", type=int, default=None, help="local steps per submodel (default one epoch)")
     p.add_argument("--lr", type=float, default=LocalOptions.lr)
     p.add_argument("--batch-size", type=int, default=LocalOptions.batch_size)
     p.add_argument("--inputs", default=LocalOptions.inputs, choices=LOCAL_INPUTS)
-    p.add_argument("--eval-seqlen", type=int, default=256)
-    p.add_argument("--eval-windows", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_setup_arguments(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     device = torch.device("cpu")
 
-    loaded, ids, ppl = smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
-    dense = loaded.model
+    dense, ids, ppl = setup_from(args)
     dense_ppl = ppl(dense)["perplexity"]
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
 
     start = time.perf_counter()
-    stats = Compressor(dense, ids, CompressOptions(), device, progress=False).collect_stats(full=True)
+    stats = dense_statistics(dense, ids, device, CompressOptions().batch_size, progress=False)
     shared_s = time.perf_counter() - start
     methods = args.methods.split(",")
-    granularities = args.granularities.split(",")
     rows: list[dict] = []
-    dense_block = param_summary(dense)["block"]
 
     def record(row: dict, model) -> None:
-        row["achieved_sparsity"] = 1 - param_summary(model)["block"] / dense_block
+        row["achieved_sparsity"] = block_sparsity(model, dense)
         row["perplexity"] = ppl(model)["perplexity"]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     for sparsity, criterion in itertools.product([float(s) for s in args.sparsities.split(",")],
                                                  args.criteria.split(",")):
-        for base in ("liar", "none"):
-            wanted = [m for m in methods if m in ({"liar", "liar+local"} if base == "liar" else {"local"})]
-            if not wanted:
-                continue
-            opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=base)
-            start_model = copy.deepcopy(dense)
-            res = Compressor(start_model, ids, opts, device, progress=False).run(dense_stats=stats)
-            common = {"sparsity": sparsity, "criterion": criterion}
-            if "liar" in wanted:
-                record({**common, "method": "liar", "granularity": None, "seconds": res.seconds,
-                        "local": None}, start_model)
-            refined = [m for m in wanted if m != "liar"]
-            for gran in granularities if refined else []:
-                model = copy.deepcopy(start_model)
-                lopts = LocalOptions(granularity=gran, inputs=args.inputs, steps=args.steps, lr=args.lr,
-                                     batch_size=args.batch_size)
-                t = time.perf_counter()
-                report = local_reconstruct(dense, model, ids, lopts, device, progress=False)
-                local_s = time.perf_counter() - t
-                summary = {"loss_before": sum(r["loss_before"] for r in report),
-                           "loss_after": sum(r["loss_after"] for r in report), "seconds": local_s,
-                           "submodels": report}
-                record({**common, "method": "liar+local" if base == "liar" else "local", "granularity": gran,
-                        "seconds": res.seconds + local_s, "local": summary}, model)
-                del model
-            del start_model
+        common = {"sparsity": sparsity, "criterion": criterion}
+        if "liar" in methods:
+            model, seconds = run(dense, ids, CompressOptions(sparsity=sparsity, criterion=criterion), stats)
+            record({**common, "method": "liar", "granularity": None, "seconds": sum(seconds.values()),
+                    "local": None}, model)
+        for method, gran in itertools.product([m for m in methods if m != "liar"], args.granularities.split(",")):
+            opts = CompressOptions(sparsity=sparsity, criterion=criterion,
+                                   reconstruct="liar" if method == "liar+local" else "none")
+            lopts = LocalOptions(granularity=gran, inputs=args.inputs, steps=args.steps, lr=args.lr,
+                                 batch_size=args.batch_size)
+            sink = MemorySink(dense)
+            res = compress(dense, ids, opts, device, sink, local=lopts, progress=False, dense_stats=stats)
+            report = res.local
+            summary = {"loss_before": sum(r["loss_before"] for r in report),
+                       "loss_after": sum(r["loss_after"] for r in report),
+                       "seconds": sum(r["seconds"] for r in report), "submodels": report}
+            record({**common, "method": method, "granularity": gran, "seconds": sum(res.seconds.values()),
+                    "local": summary}, sink.close(res.widths, {}))
 
     result = {"model": "SmolLM2-135M-Instruct", "dense_perplexity": dense_ppl, "rows": rows,
               "shared_statistics_seconds": shared_s,

@@ -30,7 +30,7 @@ in bytes)::
           "recipe": {...} | null,          # what liar-export recorded in the artifact
           "size": {
             "artifact_bytes": int, "parameters": int, "block_parameters": int,
-            "bytes_per_token": int         # DESIGN.md §8: blocks + LM head + one embedding row
+            "bytes_per_token": int         # docs/DESIGN.md §8: blocks + LM head + one embedding row
           },
           "load_s": Summary,
           "prefill": {"<prompt tokens>": {"tokens_per_s": Summary}},

@@ -17,18 +17,39 @@ import torch
 
 from toolchain.atomic import atomic_path
 from toolchain.calibration import calibration_ids
-from toolchain.models import LoadedModel, load_model
+from toolchain.models import Model, open_model
 from toolchain.perplexity import encode, perplexity, torch_logits_fn
+from toolchain.recipe import CalibOptions
 from toolchain.texts import heldout_text
 
 
 def smollm2_setup(calib_samples: int, calib_seqlen: int, eval_seqlen: int,
-                  eval_windows: int) -> tuple[LoadedModel, torch.Tensor, Callable[[torch.nn.Module], dict]]:
-    """(dense SmolLM2, calibration ids, perplexity function on the held-out text)."""
-    loaded = load_model(None)
-    ids = calibration_ids(loaded.tokenizer, "pydoc", calib_samples, calib_seqlen, seed=0)
-    eval_ids = encode(loaded.tokenizer, heldout_text())
-    return loaded, ids, lambda m: perplexity(torch_logits_fn(m), eval_ids, eval_seqlen, eval_windows)
+                  eval_windows: int) -> tuple[Model, torch.Tensor, Callable[[Model], dict]]:
+    """(dense SmolLM2, calibration ids, perplexity function of a Model on the held-out text).
+
+    The model is the lazily read `Model`; compress into a `toolchain.sinks.MemorySink` to
+    evaluate many recipes in one process."""
+    model = open_model(None)
+    ids = calibration_ids(model, CalibOptions("pydoc", calib_samples, calib_seqlen, 0))
+    eval_ids = encode(model.tokenizer, heldout_text())
+    return model, ids, lambda m: perplexity(torch_logits_fn(m.module()), eval_ids, eval_seqlen, eval_windows)
+
+
+def add_setup_arguments(p, calib_samples: int = 64, eval_windows: int = 32) -> None:
+    """The calibration / evaluation / thread options every SmolLM2 table script takes."""
+    p.add_argument("--calib-samples", type=int, default=calib_samples)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--eval-seqlen", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=eval_windows)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def setup_from(args) -> tuple[Model, torch.Tensor, Callable[[Model], dict]]:
+    """`smollm2_setup` for parsed `add_setup_arguments` options (threads applied first)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return smollm2_setup(args.calib_samples, args.calib_seqlen, args.eval_seqlen, args.eval_windows)
 
 
 def setup_record(args) -> dict:

@@ -47,6 +47,6 @@ def markdown_table(doc: dict) -> str:
     lines.append(f"{s['device']}, {s['threads']} threads, {cpu}; median of {s['repeats']} worker "
                  f"processes × {s['gen_tokens']} decoded tokens after a {min(s['prompt_tokens'])}-token "
                  f"prompt; perplexity at seqlen {(s.get('perplexity') or {}).get('seqlen', '–')}. "
-                 "Ideal speed-up = dense / pruned weight bytes read per token (DESIGN.md §8); "
+                 "Ideal speed-up = dense / pruned weight bytes read per token (docs/DESIGN.md §8); "
                  "efficiency = measured / ideal.")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ Modes:
   speed       load, warm up, prefill each prompt length, decode greedily
               token by token; peak RSS and GPU memory.
   perplexity  toolchain.perplexity protocol through the same backend.
+  encode      an encoder export: one fixed batch, timed (benchmarks.encoders).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ def run(spec: dict) -> dict:
     if spec.get("affinity") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, spec["affinity"])
     preload(spec["format"])
+    if spec["mode"] == "encode":  # an encoder export: batch latency (benchmarks.encoders)
+        from .encoders import measure_encode
+
+        return measure_encode(spec)
     text = read_text_file(spec["text_path"])
     if spec["mode"] == "speed":
         n_ctx = max(spec["prompt_tokens"]) + spec["gen_tokens"] + WARMUP_PROMPT

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke-test a built liar-export image: entrypoint, non-root user, OCI labels,
-# `liar-export --help` / `--version`, and a tiny real export (HF + GGUF, verified).
+# `liar-export --help` / `--version`, and tiny real exports verified inside the image (docker/smoke.py:
+# a Llama to HF + GGUF, a Qwen3 to GGUF, a BERT encoder to GGUF + ONNX when the image has encoders).
 #
 # usage: docker/smoke-test.sh IMAGE        (ENGINE=docker|buildah to force an engine)
 set -euo pipefail
@@ -13,7 +14,8 @@ if [[ -z "$engine" ]]; then
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker; else engine=buildah; fi
 fi
 fail() { echo "smoke: FAIL $*" >&2; exit 1; }
-mounts=(-v "$PWD/docker/smoke.py:/smoke/smoke.py:ro" -v "$PWD/tests/tiny.py:/smoke/tiny.py:ro")
+mounts=(-v "$PWD/docker/smoke.py:/smoke/smoke.py:ro" -v "$PWD/tests/tiny.py:/smoke/tiny.py:ro"
+        -v "$PWD/tests/families.py:/smoke/families.py:ro")
 
 if [[ "$engine" == docker ]]; then
     inspect() { docker image inspect --format "$1" "$image"; }
@@ -55,6 +57,6 @@ got=$(entrypoint_run --version) || fail "liar-export --version exited non-zero"
 echo "smoke: ok   liar-export --version -> $got"
 
 start=$SECONDS
-run_cmd python /smoke/smoke.py || fail "tiny export"
-echo "smoke: ok   tiny export in $((SECONDS - start)) s"
+run_cmd python /smoke/smoke.py || fail "tiny exports"
+echo "smoke: ok   tiny exports in $((SECONDS - start)) s"
 echo "smoke: PASS $image"

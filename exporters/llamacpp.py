@@ -25,16 +25,18 @@ def check_gguf_file(path: str | Path) -> None:
     """Reject a missing, truncated or non-GGUF file with one clear line.
 
     llama.cpp itself may abort the process or only print to stderr on such
-    files, so the header, metadata and tensor table are parsed and the tensor
-    data extent checked against the file size before llama.cpp sees the file.
+    files, so the header, metadata and tensor table are parsed, the tensor
+    data extent checked against the file size and the vocabulary checked for
+    duplicates (an assertion in llama.cpp's loader) before llama.cpp sees the file.
     """
-    from exporters.gguf.layout import read_layout  # here: exporters.gguf imports this module
+    from toolchain.gguf_layout import read_layout
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GGUF file {path} does not exist")
+    tokens = "tokenizer.ggml.tokens"
     try:
-        layout = read_layout(path, keep=lambda key: False)
+        layout = read_layout(path, keep=lambda key: key == tokens)
     except (ValueError, struct.error, OSError, KeyError) as e:
         raise UserError(f"{path} is not a readable GGUF file ({e}); "
                         "re-export it or re-download it") from None
@@ -43,6 +45,10 @@ def check_gguf_file(path: str | Path) -> None:
     if layout.data_end > layout.file_size:
         raise UserError(f"{path} is truncated ({layout.file_size} bytes, its tensors need "
                         f"{layout.data_end}); re-export it or re-download it")
+    vocab = layout.fields.get(tokens, (None, None, None))[2]
+    if vocab is not None and len(set(vocab)) != len(vocab):  # llama.cpp aborts the process on these
+        raise UserError(f"{path} has duplicate tokens in its vocabulary (a corrupt file?); "
+                        "re-export it or re-download it")
 
 
 def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None,

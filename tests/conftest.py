@@ -1,11 +1,8 @@
-"""Shared fixtures. The SmolLM2 fixtures are session-scoped so the slow tests
-(GGUF, ONNX, compression) prune the real model once per test run."""
+"""Shared fixtures, built once per test run (session scope): the tiny model directory every
+CLI test prunes, and the real SmolLM2 runs the slow tests check (GGUF, ONNX, compression)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,26 +12,25 @@ from toolchain.models import default_model_path
 SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random Llama saved as a Hugging Face directory (safetensors + tokenizer)."""
     from tests.tiny import tiny_model
 
     d = tmp_path_factory.mktemp("tiny_hf")
-    loaded = tiny_model(seed=0)
-    loaded.model.save_pretrained(d)
-    loaded.tokenizer.save_pretrained(d)
+    model = tiny_model(seed=0)
+    model.module().save_pretrained(d)
+    model.tokenizer.save_pretrained(d)
     return d
 
 
 def liar_export(out: Path, *args: str) -> dict:
-    """Run the real CLI (a subprocess, as a user would) and return its --json summary."""
-    cmd = [sys.executable, "-c", "from toolchain.cli import export_main; export_main()",
-           *args, "-o", str(out), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"liar-export failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    """liar-export's command line, run in this process through run_export: its --json summary."""
+    from toolchain.cli import export_parser, request_from_args
+    from toolchain.export import run_export
+
+    req = request_from_args(export_parser().parse_args([*args, "-o", str(out), "--json"]))
+    return run_export(req)
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +43,51 @@ def smollm2_s50(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dense():
-    """The dense SmolLM2-135M-Instruct (loaded once per test run; tests must not modify it)."""
-    from toolchain.models import load_model
+def smollm2_s50_local(tmp_path_factory) -> dict:
+    """The same run with --reconstruct liar+local (defaults), exported to GGUF and ONNX at q8_0 too."""
+    out = tmp_path_factory.mktemp("smollm2") / "s50-local"
+    return liar_export(out, "--to", "hf", "--to", "gguf", "--to", "onnx", "--quant", "q8_0",
+                       "--reconstruct", "liar+local", *SMOLLM2_S50_ARGS)
 
-    return load_model(None)
+
+@pytest.fixture(scope="session")
+def smollm2_dense():
+    """The dense SmolLM2-135M-Instruct, opened once per test run (tests must not modify it)."""
+    from toolchain.models import open_model
+
+    return open_model(None)
+
+
+TINY_KINDS = ("dense", "pruned", "groups")
+
+
+def tiny_kind(kind: str):
+    """The three tiny models the export tests share: dense (GQA 4/2), pruned (per-layer query heads
+    and FFN widths, o / down biases as LIAR leaves them), groups (whole KV groups removed)."""
+    from tests.tiny import pruned, random_plan, tiny_model, with_random_biases
+
+    model = tiny_model(seed=1)
+    if kind == "pruned":
+        return with_random_biases(pruned(model, random_plan(model, seed=1)), seed=0)
+    if kind == "groups":
+        return pruned(model, random_plan(model, seed=2, whole_groups=True))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict:
+    """Each TINY_KINDS model exported once for the whole run — ONNX (verified: the one trace per
+    model in the fast suite), F32 GGUF and a checkpoint — as {kind: {"model", "dir", "onnx"}}."""
+    from exporters.gguf import export_gguf
+    from exporters.onnx import export_onnx
+    from toolchain.checkpoint import save_checkpoint
+
+    root, out = tmp_path_factory.mktemp("tiny_artifacts"), {}
+    for kind in TINY_KINDS:
+        model, d = tiny_kind(kind), root / kind
+        # the CLI passes OUT/model.onnx, a library user may pass OUT: both name the directory OUT
+        summary = export_onnx(model, d / "onnx" / "model.onnx" if kind == "groups" else d / "onnx", progress=False)
+        export_gguf(model, d / "model-f32.gguf", quant="f32", verify=False, progress=False)
+        save_checkpoint(model, d / "ckpt", {"recipe": {"kind": kind}})
+        out[kind] = {"model": model, "dir": d, "onnx": summary}
+    return out

@@ -1,73 +1,59 @@
-import copy
-
 import pytest
 import torch
 
-from tests.tiny import sample_ids, tiny_model
-from toolchain.allocation import allocate
-from toolchain.criteria import CRITERIA
-from toolchain.errors import UserError
-from toolchain.pipeline import Compressor, dense_plan
+from tests.tiny import CALIB, compressed, sample_ids, tiny_model
 from toolchain import recipe
+from toolchain.allocation import allocate
+from toolchain.compress import dense_plan
+from toolchain.errors import UserError
 from toolchain.recipe import CompressOptions
 from toolchain.reconstruct import reconstruct_oneshot
 from toolchain.stats import StatsAccumulator
 
-CALIB = sample_ids(n=32, seed=7, batch=12)
 
-
-def compress(loaded, plan=None, **kw):
-    kw.setdefault("round_to", 16)
-    opts = CompressOptions(**kw)
-    return Compressor(loaded.model, CALIB, opts, torch.device("cpu"), plan=plan, progress=False).run()
-
-
-def test_every_recipe_criterion_has_an_implementation():
-    assert set(recipe.CRITERIA) == set(CRITERIA)
-
-
-@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("criterion", recipe.CRITERIA)  # every name the CLI accepts runs
 @pytest.mark.parametrize("allocation", recipe.ALLOCATIONS)
 def test_plan_invariants(criterion, allocation):
-    loaded = tiny_model(seed=0)
-    dense_params = dense_plan(loaded.model).block_params()
-    res = compress(loaded, sparsity=0.4, criterion=criterion, allocation=allocation)
+    dense = tiny_model(seed=0)
+    dense_params = dense_plan(dense).block_params()
+    model, res = compressed(dense, sparsity=0.4, criterion=criterion, allocation=allocation)
     plan = res.plan
     plan.validate()
-    for lp, layer in zip(plan.layers, loaded.model.model.layers):
+    for lp, layer in zip(plan.layers, model.module().model.layers):
         assert lp.intermediate_size % 16 == 0 and lp.intermediate_size >= 16
         per_kv = {k: sum(h // plan.group_size == k for h in lp.heads) for k in lp.kv_heads}
         assert len(set(per_kv.values())) == 1  # n_head % n_head_kv == 0
         assert layer.mlp.down_proj.in_features == lp.intermediate_size
         assert layer.self_attn.o_proj.in_features == lp.num_heads * plan.head_dim
+    assert model.widths == res.widths  # the record says what the modules are
     achieved = 1 - plan.block_params() / dense_params
     assert abs(achieved - 0.4) < 0.12  # unit granularity of a tiny model
+    assert model.widths.is_uniform == (allocation == "uniform") or allocation == "global"
     if allocation == "uniform":
-        assert plan.is_uniform
+        assert model.widths.is_uniform
     with torch.no_grad():
-        assert torch.isfinite(loaded.model(sample_ids()).logits).all()
+        assert torch.isfinite(model.module()(sample_ids()).logits).all()
 
 
 def test_whole_group_mode_drops_kv_heads():
-    loaded = tiny_model(seed=0)
-    plan = compress(loaded, sparsity=0.5, head_unit="groups", allocation="uniform").plan
-    assert all(lp.num_kv_heads == 1 and lp.num_heads == 2 for lp in plan.layers)
-    assert loaded.model.model.layers[0].self_attn.k_proj.out_features == 16
+    model, res = compressed(tiny_model(seed=0), sparsity=0.5, head_unit="groups", allocation="uniform")
+    assert all(lp.num_kv_heads == 1 and lp.num_heads == 2 for lp in res.plan.layers)
+    assert model.module().model.layers[0].self_attn.k_proj.out_features == 16
 
 
-def _activations(linear, loaded, ids):
+def _activations(linear, module, ids):
     acts = []
     h = linear.register_forward_pre_hook(lambda m, a: acts.append(a[0].reshape(-1, a[0].shape[-1])))
     with torch.no_grad():
-        loaded.model(ids)
+        module(ids)
     h.remove()
     return torch.cat(acts).double()
 
 
 def test_liar_and_bias_match_direct_least_squares():
-    loaded = tiny_model(seed=3)
-    lin = loaded.model.model.layers[1].mlp.down_proj
-    x = _activations(lin, loaded, CALIB)
+    module = tiny_model(seed=3).module()
+    lin = module.model.layers[1].mlp.down_proj
+    x = _activations(lin, module, CALIB)
     acc = StatsAccumulator()
     for chunk in x.float().split(100):
         acc.add(chunk)
@@ -97,46 +83,94 @@ def test_liar_and_bias_match_direct_least_squares():
     liar_default, _ = reconstruct_oneshot(lin, keep, stats, "liar")
     assert err(liar_default) <= err(bias_new) <= err(none_new)
     assert err(liar_default) < 0.9 * err(none_new)
+    # the covariance formed in the Gram matrix's own memory is the same one
+    inplace, _ = reconstruct_oneshot(lin, keep, stats, "liar", consume=True)
+    torch.testing.assert_close(inplace.weight, liar_default.weight, atol=1e-6, rtol=1e-5)
+    assert stats.gram is None  # consumed
 
 
 def test_plan_replay_reproduces_model():
-    a, b = tiny_model(seed=4), tiny_model(seed=4)
-    res = compress(a, sparsity=0.5, criterion="wanda-sp", allocation="global")
-    compress(b, plan=copy.deepcopy(res.plan), sparsity=0.5, criterion="wanda-sp")
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        assert ka == kb
-        torch.testing.assert_close(va, vb, atol=1e-6, rtol=1e-5)
+    dense = tiny_model(seed=4)
+    a, res = compressed(dense, sparsity=0.5, criterion="wanda-sp", allocation="global")
+    b, _ = compressed(dense, plan=res.plan, sparsity=0.5, criterion="wanda-sp")
+    sa, sb = a.module().state_dict(), b.module().state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=1e-5)
 
 
-def _final_error(loaded, dense):
+def _final_error(model, dense):
     ids = sample_ids(n=32, seed=11, batch=4)
     with torch.no_grad():
-        return (loaded.model(ids).logits - dense.model(ids).logits).pow(2).mean().item()
+        return (model.module()(ids).logits - dense.module()(ids).logits).pow(2).mean().item()
 
 
 @pytest.mark.parametrize("mode", ["oneshot", "sequential"])
 def test_reconstruction_reduces_output_error(mode):
     dense = tiny_model(seed=5)
-    errs = {}
-    for method in ("none", "bias", "liar"):
-        m = tiny_model(seed=5)
-        compress(m, sparsity=0.5, reconstruct=method, mode=mode, allocation="uniform")
-        errs[method] = _final_error(m, dense)
+    errs = {method: _final_error(compressed(dense, sparsity=0.5, reconstruct=method, mode=mode,
+                                            allocation="uniform")[0], dense)
+            for method in ("none", "bias", "liar")}
     assert errs["liar"] < errs["none"]
     assert errs["bias"] <= errs["none"] * 1.05
 
 
 def test_sequential_uses_same_plan_as_oneshot_for_uniform():
-    a, b = tiny_model(seed=6), tiny_model(seed=6)
-    pa = compress(a, sparsity=0.3, mode="oneshot", allocation="uniform").plan
-    pb = compress(b, sparsity=0.3, mode="sequential", allocation="uniform").plan
+    dense = tiny_model(seed=6)
+    pa = compressed(dense, sparsity=0.3, mode="oneshot", allocation="uniform")[1].plan
+    pb = compressed(dense, sparsity=0.3, mode="sequential", allocation="uniform")[1].plan
     assert pa == pb
 
 
-def test_bad_options():
-    with pytest.raises(UserError):
-        compress(tiny_model(), sparsity=1.0)
-    with pytest.raises(UserError):
-        compress(tiny_model(), criterion="nope")
-    with pytest.raises(UserError):
-        allocate(dense_plan(tiny_model().model), [], [], 0.5, allocation="nope")
+def test_the_source_model_is_left_alone():
+    dense = tiny_model(seed=6)
+    before = {k: v.clone() for k, v in dense.module().state_dict().items()}
+    compressed(dense, sparsity=0.5, mode="sequential")
+    after = dense.module().state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"sparsity": 1.0}, "--sparsity"), ({"criterion": "nope"}, "--criterion"), ({"round_to": 0}, "--round-to"),
+    ({"ridge": -1.0}, "--ridge"), ({"allocation": "nope"}, "--allocation"),
+])
+def test_bad_options_are_refused_before_any_model(options, match):
+    with pytest.raises(UserError, match=match):
+        CompressOptions(**options).validate()
+
+
+def test_allocate_refuses_an_unknown_allocation():
+    with pytest.raises(UserError, match="--allocation"):
+        allocate(dense_plan(tiny_model()), [], [], 0.5, allocation="nope")
+
+
+@pytest.mark.parametrize("method", ["none", "bias", "liar"])
+@pytest.mark.parametrize("removed", [(40, 72), (0, 100)])  # fewer inputs removed than kept, and more
+def test_priced_removal_error_is_the_reconstruction_error(method, removed):
+    """toolchain.pricing's estimate for removing a set of inputs equals the mean squared output
+    error the reconstruction really leaves on the calibration inputs; marginal errors add up to it."""
+    from toolchain.pricing import cumulative_errors, marginal_errors
+
+    module = tiny_model(seed=3).module()
+    lin = module.model.layers[1].mlp.down_proj
+    x = _activations(lin, module, CALIB)
+    acc = StatsAccumulator()
+    acc.add(x.float())
+    unit = list(range(*removed))
+    keep = [j for j in range(128) if j not in unit]
+    estimate = cumulative_errors(lin.weight, acc.result(), [unit], method, ridge=0.0)[0]
+    parts = marginal_errors(lin.weight, acc.result(), [unit[:8], unit[8:20], unit[20:]], method, ridge=0.0)
+    assert sum(parts) == pytest.approx(estimate, rel=1e-9)
+    new, used = reconstruct_oneshot(lin, keep, acc.result(), method, ridge=0.0)
+    assert used == method
+    with torch.no_grad():
+        err = ((x.float() @ lin.weight.T) - new(x[:, keep].float())).double().pow(2).sum(1).mean().item()
+    assert estimate == pytest.approx(err, rel=1e-3)
+
+
+def test_error_pricing_gives_a_valid_plan_with_both_kinds():
+    model, res = compressed(tiny_model(seed=0), sparsity=0.4, pricing="error")
+    res.plan.validate()
+    assert model.widths == res.widths
+    achieved = 1 - res.plan.block_params() / dense_plan(tiny_model(seed=0)).block_params()
+    assert abs(achieved - 0.4) < 0.12

@@ -12,8 +12,7 @@ import pytest
 
 from exporters.gguf import export_gguf
 from exporters.llamacpp import gguf_perplexity, open_llama
-from toolchain.checkpoint import load_checkpoint
-from toolchain.models import LoadedModel
+from toolchain.models import open_model
 from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
@@ -27,11 +26,11 @@ def dense(smollm2_dense):
 
 
 @pytest.fixture(scope="module")
-def pruned(smollm2_s50) -> LoadedModel:
+def pruned(smollm2_s50):
     """The real pipeline's output: `liar-export --sparsity 0.5 --allocation global --to hf`."""
-    loaded = load_checkpoint(smollm2_s50["artifacts"]["hf"])
-    assert len({(w["num_attention_heads"], w["intermediate_size"]) for w in loaded.model.config.liar_layers}) > 1
-    return loaded
+    model = open_model(smollm2_s50["artifacts"]["hf"])
+    assert not model.widths.is_uniform
+    return model
 
 
 def export(loaded, path, quant: str) -> dict:

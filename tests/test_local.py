@@ -1,18 +1,12 @@
-import copy
-
 import pytest
 import torch
 
-from tests.tiny import random_plan, sample_ids, tiny_model
+from tests.tiny import CALIB, compressed, random_plan, sample_ids, tiny_model
 from toolchain.errors import UserError
-from toolchain.local import default_steps, local_reconstruct, lr_factor, submodels
-from toolchain.pipeline import Compressor
-from toolchain.recipe import CompressOptions, LocalOptions
+from toolchain.local import default_steps, lr_factor
 from toolchain.plan import LayerPlan
-from toolchain.surgery import apply_plan, ensure_bias, layer_widths
+from toolchain.recipe import LocalOptions
 
-CALIB = sample_ids(n=32, seed=7, batch=12)
-CPU = torch.device("cpu")
 FAST = dict(lr=1e-3, steps=12, batch_size=4)
 
 
@@ -25,51 +19,48 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _pruned_pair(seed: int = 5):
-    """(dense copy, pruned model with random widths and a random o_proj / down_proj bias)."""
-    loaded = tiny_model(seed=seed)
-    dense = copy.deepcopy(loaded.model)
-    plan = random_plan(loaded.model, seed=seed)
-    for i, lp in enumerate(plan.layers):  # every attention and MLP must lose something
+def _plan(dense, seed: int):
+    """Random per-layer widths where every attention and MLP loses something."""
+    plan = random_plan(dense, seed=seed)
+    for i, lp in enumerate(plan.layers):
         if lp.num_heads == plan.num_heads:
             plan.layers[i] = LayerPlan([h for h in lp.heads if h % plan.group_size == 0], lp.kv_heads, lp.channels)
-    apply_plan(loaded.model, plan)
-    g = torch.Generator().manual_seed(seed)
-    layer = loaded.model.model.layers[1]
-    layer.self_attn.o_proj = ensure_bias(layer.self_attn.o_proj)
-    layer.mlp.down_proj = ensure_bias(layer.mlp.down_proj)
-    with torch.no_grad():
-        layer.self_attn.o_proj.bias.copy_(torch.randn(64, generator=g) * 0.05)
-        layer.mlp.down_proj.bias.copy_(torch.randn(64, generator=g) * 0.05)
-    loaded.model.config.liar_layers = layer_widths(loaded.model)
-    return dense, loaded.model
+    return plan
 
 
-def _shapes(model):
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def _local(dense, plan_seed: int = 5, method: str = "none", **local):
+    """`dense` cut to `_plan(plan_seed)`, closed form `method`, then refined: (model, per-submodel report)."""
+    model, res = compressed(dense, plan=_plan(dense, plan_seed), reconstruct=method,
+                            local=LocalOptions(**{**FAST, **local}))
+    return model, res.local
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.module().state_dict().items()}
 
 
 @pytest.mark.parametrize("granularity", ["module", "block", "blocks:2"])
 def test_every_submodel_improves_and_structure_is_kept(granularity):
-    dense, pruned = _pruned_pair()
-    dense_state = copy.deepcopy(dense.state_dict())
-    shapes, widths = _shapes(pruned), copy.deepcopy(pruned.config.liar_layers)
-    frozen = {k: v.clone() for k, v in pruned.state_dict().items() if "layers." not in k}
-    report = local_reconstruct(dense, pruned, CALIB, LocalOptions(granularity=granularity, **FAST), CPU,
-                               progress=False)
+    dense = tiny_model(seed=5)
+    dense_state = _state(dense)
+    model, report = _local(dense, granularity=granularity)
+    cut, _ = compressed(dense, plan=_plan(dense, 5), reconstruct="none")  # the same plan, not refined
     assert [(r["layers"], r["part"]) for r in report] == \
-        [(list(s.layers), s.part) for s in submodels(granularity, 3)]
-    covered = [i for r in report for i in r["layers"] if r["part"] != "mlp"]
-    assert covered == [0, 1, 2]
+        [(list(s), p) for s, p in {"module": [([i], part) for i in range(3) for part in ("attn", "mlp")],
+                                   "block": [([i], "block") for i in range(3)],
+                                   "blocks:2": [([0, 1], "block"), ([2], "block")]}[granularity]]
     for r in report:
         assert r["steps"] == 12 and r["seconds"] > 0
         assert r["loss_after"] < 0.95 * r["loss_before"] and not r["reverted"], r
-    assert _shapes(pruned) == shapes and pruned.config.liar_layers == widths
-    for k, v in frozen.items():  # embeddings, final norm, lm_head do not train
-        assert torch.equal(pruned.state_dict()[k], v), k
-    for k, v in dense.state_dict().items():  # the dense reference is untouched
-        assert torch.equal(v, dense_state[k]) and v.device.type == "cpu", k
-    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in pruned.parameters())
+    assert model.widths == cut.widths == _plan(dense, 5).widths()
+    got, start = _state(model), _state(cut)
+    for k in got:
+        assert got[k].shape == start[k].shape, k
+        if "layers." not in k:  # embeddings, final norm, lm_head do not train
+            assert torch.equal(got[k], start[k]), k
+    assert any(not torch.equal(got[k], start[k]) for k in got if "layers." in k)
+    assert all(torch.equal(v, dense_state[k]) for k, v in dense.module().state_dict().items())  # dense untouched
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.module().parameters())
 
 
 def _dense_boundaries(model, ids):
@@ -106,72 +97,40 @@ def _layer_mse_on_dense_inputs(pruned, dense, ids):
 
 
 def test_liar_plus_local_starts_from_the_liar_weights():
-    loaded = tiny_model(seed=6)
-    dense = copy.deepcopy(loaded.model)
-    Compressor(loaded.model, CALIB, CompressOptions(sparsity=0.5, reconstruct="liar", round_to=16),
-               CPU, progress=False).run()
-    liar = loaded.model
-    assert liar.model.layers[0].mlp.down_proj.bias is not None  # LIAR really ran
-    expected = _layer_mse_on_dense_inputs(liar, dense, CALIB)
-    shapes, widths = _shapes(liar), copy.deepcopy(liar.config.liar_layers)
-    report = local_reconstruct(dense, liar, CALIB, LocalOptions(granularity="block", inputs="dense", **FAST),
-                               CPU, progress=False)
-    for r, want in zip(report, expected, strict=True):
+    dense = tiny_model(seed=6)
+    liar, _ = compressed(dense, sparsity=0.5, reconstruct="liar")
+    assert liar.module().model.layers[0].mlp.down_proj.bias is not None  # LIAR really ran
+    expected = _layer_mse_on_dense_inputs(liar.module(), dense.module(), CALIB)
+    refined, res = compressed(dense, sparsity=0.5, reconstruct="liar",
+                              local=LocalOptions(granularity="block", inputs="dense", **FAST))
+    assert res.plan == compressed(dense, sparsity=0.5, reconstruct="liar")[1].plan
+    for r, want in zip(res.local, expected, strict=True):
         assert r["loss_before"] == pytest.approx(want, rel=1e-4)
         assert r["loss_after"] < r["loss_before"]
-    assert _shapes(liar) == shapes and liar.config.liar_layers == widths
+    assert refined.widths == liar.widths
     # the refined weights are what the report says: re-measure independently
-    after = _layer_mse_on_dense_inputs(liar, dense, CALIB)
-    for r, got in zip(report, after):
+    after = _layer_mse_on_dense_inputs(refined.module(), dense.module(), CALIB)
+    for r, got in zip(res.local, after):
         assert r["loss_after"] == pytest.approx(got, rel=1e-4)
 
 
-@pytest.fixture(scope="module")
-def refined_tiny():
-    """A tiny model pruned at 0.5 with LIAR, then refined locally (module granularity)."""
-    loaded = tiny_model(seed=2)
-    dense = copy.deepcopy(loaded.model)
-    Compressor(loaded.model, CALIB, CompressOptions(sparsity=0.5, round_to=16), CPU, progress=False).run()
-    n = torch.get_num_threads()  # module scope: set up before the per-test one_thread fixture
-    torch.set_num_threads(1)
-    try:
-        report = local_reconstruct(dense, loaded.model, CALIB, LocalOptions(granularity="module", **FAST), CPU,
-                                   progress=False)
-    finally:
-        torch.set_num_threads(n)
-    assert all(r["loss_after"] < r["loss_before"] for r in report)  # it really changed the weights
-    return loaded
-
-
-def test_refined_model_exports_to_gguf_and_passes_verification(refined_tiny, tmp_path):
+def test_refined_model_exports_to_gguf_and_passes_verification(tmp_path):
     """Local refinement changes values only: the exporter's llama.cpp parity check still holds."""
-    pytest.importorskip("llama_cpp")
     from exporters.gguf import export_gguf
     from tests.tiny import SAMPLE_TEXT
 
-    summary = export_gguf(refined_tiny, tmp_path / "m.gguf", quant="f32", verify_text=SAMPLE_TEXT * 3,
+    refined, res = compressed(tiny_model(seed=2), sparsity=0.5, local=LocalOptions(granularity="module", **FAST))
+    assert all(r["loss_after"] < r["loss_before"] for r in res.local)  # it really changed the weights
+    summary = export_gguf(refined, tmp_path / "m.gguf", quant="f32", verify_text=SAMPLE_TEXT * 3,
                           verify_seqlen=64, verify_windows=2, progress=False)
     assert summary["passed"], summary["failures"]
     assert summary["max_abs_dlogit"] <= 1e-3
 
 
-def test_refined_model_exports_to_onnx_and_passes_verification(refined_tiny, tmp_path):
-    """Same for onnxruntime, with and without the KV cache."""
-    from exporters.onnx import export_onnx
-
-    verification = export_onnx(refined_tiny, tmp_path / "onnx", progress=False)["verification"]
-    assert verification["passed"], verification["failures"]
-    assert verification["max_abs_dlogit"] <= 1e-3 and verification["max_abs_dlogit_kv"] <= 1e-3
-
-
 def test_deterministic_for_a_seed_on_cpu():
-    def once(seed):
-        dense, pruned = _pruned_pair(seed=8)
-        opts = LocalOptions(granularity="module", seed=seed, **FAST)
-        report = local_reconstruct(dense, pruned, CALIB, opts, CPU, progress=False)
-        return report, pruned.state_dict()
-
-    (ra, sa), (rb, sb), (_, sc) = once(0), once(0), once(1)
+    dense = tiny_model(seed=8)
+    (ma, ra), (mb, rb), (mc, _) = (_local(dense, 8, granularity="module", seed=s) for s in (0, 0, 1))
+    sa, sb, sc = _state(ma), _state(mb), _state(mc)
     assert [r["loss_after"] for r in ra] == [r["loss_after"] for r in rb]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)  # the seed orders the batches
@@ -180,28 +139,27 @@ def test_deterministic_for_a_seed_on_cpu():
 def _logit_error(model, dense):
     ids = sample_ids(n=32, seed=11, batch=4)
     with torch.no_grad():
-        return (model(ids).logits - dense(ids).logits).pow(2).mean().item()
+        return (model.module()(ids).logits - dense.module()(ids).logits).pow(2).mean().item()
 
 
 def test_pruned_inputs():
-    dense, pruned = _pruned_pair(seed=9)
-    start_err = _logit_error(pruned, dense)
-    ref_dense, ref_pruned = copy.deepcopy(dense), copy.deepcopy(pruned)
-    report = local_reconstruct(dense, pruned, CALIB, LocalOptions(inputs="pruned", **FAST), CPU, progress=False)
-    ref = local_reconstruct(ref_dense, ref_pruned, CALIB, LocalOptions(inputs="dense", **FAST), CPU,
-                            progress=False)
+    dense = tiny_model(seed=9)
+    cut, _ = compressed(dense, plan=_plan(dense, 9), reconstruct="none")
+    model, report = _local(dense, 9, inputs="pruned")
+    _, ref = _local(dense, 9, inputs="dense")
     assert report[0]["loss_before"] == ref[0]["loss_before"]  # same input at the first block
     assert report[1]["loss_before"] > ref[1]["loss_before"]  # upstream error reaches later blocks
     assert all(r["loss_after"] < r["loss_before"] for r in report)
-    assert _logit_error(pruned, dense) < start_err
+    assert _logit_error(model, dense) < _logit_error(cut, dense)
 
 
 def test_a_diverging_submodel_gets_its_starting_weights_back():
-    dense, pruned = _pruned_pair(seed=3)
-    start = copy.deepcopy(pruned.state_dict())
-    report = local_reconstruct(dense, pruned, CALIB, LocalOptions(lr=10.0, steps=4), CPU, progress=False)
+    dense = tiny_model(seed=3)
+    cut, _ = compressed(dense, plan=_plan(dense, 3), reconstruct="none")
+    model, report = _local(dense, 3, lr=10.0, steps=4)
     assert all(r["reverted"] and r["loss_after"] == r["loss_before"] for r in report)
-    assert all(torch.equal(v, start[k]) for k, v in pruned.state_dict().items())
+    start = _state(cut)
+    assert all(torch.equal(v, start[k]) for k, v in _state(model).items())
 
 
 def test_schedule_and_steps():
@@ -215,14 +173,6 @@ def test_schedule_and_steps():
 @pytest.mark.parametrize("bad", [dict(granularity="blocks:0"), dict(granularity="layer"),
                                  dict(granularity="blocks:x"), dict(inputs="teacher"), dict(steps=0),
                                  dict(lr=0.0), dict(warmup=1.0), dict(batch_size=0), dict(weight_decay=-1)])
-def test_bad_options(bad):
-    dense, pruned = _pruned_pair()
+def test_bad_options_are_refused_before_any_model(bad):
     with pytest.raises(UserError):
-        local_reconstruct(dense, pruned, CALIB, LocalOptions(**bad), CPU, progress=False)
-
-
-def test_mismatched_models():
-    dense, pruned = _pruned_pair()
-    other = tiny_model(seed=1, num_hidden_layers=2).model
-    with pytest.raises(UserError):
-        local_reconstruct(other, pruned, CALIB, LocalOptions(**FAST), CPU, progress=False)
+        LocalOptions(**bad).validate()

@@ -8,17 +8,15 @@ CLI exits 3 otherwise, which fails the fixture).
 
 import pytest
 
-from tests.conftest import SMOLLM2_S50_ARGS, liar_export
-from toolchain.checkpoint import load_checkpoint
+from toolchain.models import open_model
 from toolchain.perplexity import encode, perplexity, torch_logits_fn
 from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
 
 
-def test_liar_plus_local_beats_liar_and_its_exports_verify(smollm2_s50, tmp_path):
-    s = liar_export(tmp_path / "s50-local", "--to", "hf", "--to", "gguf", "--to", "onnx", "--quant", "q8_0",
-                    "--reconstruct", "liar+local", *SMOLLM2_S50_ARGS)
+def test_liar_plus_local_beats_liar_and_its_exports_verify(smollm2_s50, smollm2_s50_local):
+    s = smollm2_s50_local
     assert s["widths"] == smollm2_s50["widths"]  # the same plan: refinement never changes the structure
     subs = s["local_reconstruction"]
     assert len(subs) == 30 and all(r["part"] == "block" and r["loss_after"] <= r["loss_before"] for r in subs)
@@ -26,8 +24,8 @@ def test_liar_plus_local_beats_liar_and_its_exports_verify(smollm2_s50, tmp_path
     gguf, onnx = s["exports"]["gguf"], s["exports"]["onnx"]["verification"]
     assert gguf["passed"] and gguf["architecture"] == "deci" and onnx["passed"]
 
-    ids = encode(load_checkpoint(s["artifacts"]["hf"]).tokenizer, heldout_text())
-    ppl = {name: perplexity(torch_logits_fn(load_checkpoint(summary["artifacts"]["hf"]).model), ids, 256,
+    ids = encode(open_model(s["artifacts"]["hf"]).tokenizer, heldout_text())
+    ppl = {name: perplexity(torch_logits_fn(open_model(summary["artifacts"]["hf"]).module()), ids, 256,
                             max_windows=8)["perplexity"]
            for name, summary in (("liar", smollm2_s50), ("liar+local", s))}
     print(f"held-out perplexity liar {ppl['liar']:.2f} liar+local {ppl['liar+local']:.2f} "

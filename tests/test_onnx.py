@@ -9,48 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.onnx import ONNX_QUANTS, export, export_onnx, onnx_perplexity, verify
+from exporters.onnx import export, export_onnx, onnx_perplexity, verify
 from exporters.onnx.runtime import OnnxDecoder
-from tests.tiny import random_plan, sample_ids, tiny_model
+from tests.conftest import TINY_KINDS, tiny_kind
+from tests.tiny import sample_ids, tiny_model
 from toolchain.errors import UserError, VerificationError
 from toolchain.perplexity import encode, perplexity, torch_logits_fn
-from toolchain.surgery import apply_plan, ensure_bias, layer_widths, record_widths
 
 TOL = 1e-3
 
 
-def _with_biases(loaded, seed: int = 0):
-    """Random o_proj / down_proj biases on some layers, as LIAR reconstruction leaves them."""
-    g = torch.Generator().manual_seed(seed)
-    for i, layer in enumerate(loaded.model.model.layers):
-        if i % 2 == 0:
-            layer.self_attn.o_proj = ensure_bias(layer.self_attn.o_proj)
-            layer.self_attn.o_proj.bias.data = torch.randn(layer.self_attn.o_proj.out_features, generator=g) * 0.1
-        if i != 1:
-            layer.mlp.down_proj = ensure_bias(layer.mlp.down_proj)
-            layer.mlp.down_proj.bias.data = torch.randn(layer.mlp.down_proj.out_features, generator=g) * 0.1
-    record_widths(loaded.model)
-    return loaded
-
-
-def _model(kind: str):
-    loaded = tiny_model(seed=1)
-    if kind == "pruned_heads_biases":  # per-layer heads (same count in every KV group), FFN widths, biases
-        apply_plan(loaded.model, random_plan(loaded.model, seed=1))
-        _with_biases(loaded)
-    elif kind == "pruned_whole_groups":  # whole KV groups removed: per-layer KV head counts
-        apply_plan(loaded.model, random_plan(loaded.model, seed=2, whole_groups=True))
-    return loaded
-
-
-@pytest.fixture(scope="module", params=["dense_gqa", "pruned_heads_biases", "pruned_whole_groups"])
-def exported(request, tmp_path_factory):
-    loaded = _model(request.param)
-    out = tmp_path_factory.mktemp("onnx") / request.param
-    # the CLI passes OUT/model.onnx, a library user may pass OUT: both name the directory OUT
-    target = out / "model.onnx" if request.param == "pruned_whole_groups" else out
-    summary = export_onnx(loaded, target, progress=False)
-    return loaded, out, summary
+@pytest.fixture(params=TINY_KINDS)
+def exported(request, tiny_artifacts):
+    art = tiny_artifacts[request.param]
+    return art["model"], art["dir"] / "onnx", art["onnx"]
 
 
 def _torch_logits(model, ids) -> np.ndarray:
@@ -59,11 +31,10 @@ def _torch_logits(model, ids) -> np.ndarray:
 
 
 def test_widths_are_really_per_layer():
-    widths = _model("pruned_heads_biases").model.config.liar_layers
-    kv = [w["num_key_value_heads"] for w in _model("pruned_whole_groups").model.config.liar_layers]
-    assert len({w["num_attention_heads"] for w in widths}) > 1 and len(set(kv)) > 1
-    assert len({w["intermediate_size"] for w in widths}) > 1
-    assert any(w["o_proj_bias"] for w in widths) and any(w["down_proj_bias"] for w in widths)
+    widths, kv = tiny_kind("pruned").widths, tiny_kind("groups").widths.column("num_key_value_heads")
+    assert len(set(widths.column("num_attention_heads"))) > 1 and len(set(kv)) > 1
+    assert len(set(widths.column("intermediate_size"))) > 1
+    assert all(w.o_proj_bias and w.down_proj_bias for w in widths)
 
 
 def test_export_summary_and_verification(exported):
@@ -73,14 +44,12 @@ def test_export_summary_and_verification(exported):
     assert v["top1_agreement"] == 1.0
     assert abs(v["perplexity_onnx"] / v["perplexity_torch"] - 1) < 1e-4
     assert summary["path"] == str(out / "model.onnx") and summary["quant"] == "none"
-    assert summary["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
     assert (out / "tokenizer.json").is_file() and not list(out.glob(".*"))
 
 
 def test_io_json_matches_graph(exported):
     loaded, out, _ = exported
     io = json.loads((out / "io.json").read_text())
-    assert io["layers"] == layer_widths(loaded.model)
     dec = OnnxDecoder(out)
     kv = [w["num_key_value_heads"] for w in io["layers"]]
     assert dec.kv_heads == kv and dec.head_dim == io["head_dim"] == 16
@@ -97,7 +66,7 @@ def test_full_sequence_and_prefill_decode_parity(exported):
     loaded, out, _ = exported
     dec = OnnxDecoder(out)
     ids = sample_ids(20, seed=5)[0].tolist()
-    ref = _torch_logits(loaded.model, [ids])[0]
+    ref = _torch_logits(loaded.module(), [ids])[0]
     assert np.abs(dec.logits(ids) - ref).max() <= TOL
     pre, cache = dec.prefill(ids[:17])
     assert np.abs(pre - ref[:17]).max() <= TOL
@@ -125,12 +94,12 @@ def test_padded_batch_matches_each_sequence_alone(exported, side):
     assert np.isfinite(logits).all()
     assert np.abs(logits[0] - alone_a).max() <= TOL
     assert np.abs(logits[1, rows_b] - alone_b).max() <= TOL
-    assert np.abs(alone_b - _torch_logits(loaded.model, [b])[0]).max() <= TOL
+    assert np.abs(alone_b - _torch_logits(loaded.module(), [b])[0]).max() <= TOL
     if side == "left":  # continue both sequences by one cached step each
         nxt = np.array([[a[0]], [b[0]]])
         step, _ = dec.forward(nxt, np.concatenate([mask, np.ones((2, 1), np.int64)], 1), past=present)
-        assert np.abs(step[1, 0] - _torch_logits(loaded.model, [b + [b[0]]])[0, -1]).max() <= TOL
-        assert np.abs(step[0, 0] - _torch_logits(loaded.model, [a + [a[0]]])[0, -1]).max() <= TOL
+        assert np.abs(step[1, 0] - _torch_logits(loaded.module(), [b + [b[0]]])[0, -1]).max() <= TOL
+        assert np.abs(step[0, 0] - _torch_logits(loaded.module(), [a + [a[0]]])[0, -1]).max() <= TOL
 
 
 def test_greedy_generate_matches_torch(exported):
@@ -138,7 +107,7 @@ def test_greedy_generate_matches_torch(exported):
     prompt = sample_ids(6, seed=8)[0].tolist()
     ids = list(prompt)
     for _ in range(6):
-        ids.append(int(_torch_logits(loaded.model, [ids])[0, -1].argmax()))
+        ids.append(int(_torch_logits(loaded.module(), [ids])[0, -1].argmax()))
     assert OnnxDecoder(out).generate(prompt, 6) == ids[len(prompt):]
 
 
@@ -146,20 +115,19 @@ def test_onnx_perplexity_matches_torch(exported):
     loaded, out, _ = exported
     text = "Pruned decoders must still predict the next token. " * 20
     res = onnx_perplexity(out / "model.onnx", text, seqlen=32, threads=1)
-    ref = perplexity(torch_logits_fn(loaded.model), encode(loaded.tokenizer, text), 32)
+    ref = perplexity(torch_logits_fn(loaded.module()), encode(loaded.tokenizer, text), 32)
     assert res["backend"] == "onnxruntime" and res["windows"] == ref["windows"] > 1
     assert res["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-4)
 
 
-@pytest.mark.parametrize("exported", ["pruned_heads_biases"], indirect=True)  # one pruned model is enough
+@pytest.mark.parametrize("exported", ["pruned"], indirect=True)  # one pruned model is enough
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantised_exports_run(quant, tmp_path, monkeypatch, exported):
     loaded, fp32_dir, fp32_summary = exported
     if quant == "int4":  # also exercise the >2 GB external-data path on a small model
         monkeypatch.setattr(export, "EXTERNAL_DATA_ABOVE", 0)
-    # int8 quantises the fp32 export already made (no second trace); int4 traces its own
-    s = export_onnx(loaded, tmp_path / quant, quant=quant, progress=False,
-                    float_onnx=fp32_dir if quant == "int8" else None)
+    # both quantise the fp32 export already made (no second trace)
+    s = export_onnx(loaded, tmp_path / quant, quant=quant, progress=False, float_onnx=fp32_dir)
     assert s["quant"] == quant and s["verification"]["passed"]
     assert s["model_bytes"] < fp32_summary["model_bytes"]
     dec = OnnxDecoder(tmp_path / quant)
@@ -167,11 +135,10 @@ def test_quantised_exports_run(quant, tmp_path, monkeypatch, exported):
                                                       load_external_data=False).graph.node}
     assert "MatMulNBits" in ops and "MatMul" in ops  # weights quantised, attention scores float
     logits = dec.logits(sample_ids(16, seed=9)[0].tolist())
-    assert logits.shape == (16, loaded.model.config.vocab_size) and np.isfinite(logits).all()
+    assert logits.shape == (16, loaded.config.vocab_size) and np.isfinite(logits).all()
     assert s["external_data"] == (quant == "int4") and s["model_bytes"] == sum(
         f.stat().st_size for f in (tmp_path / quant).glob("model.onnx*"))
     assert (tmp_path / quant / "model.onnx.data").is_file() == (quant == "int4")
-    assert json.loads((tmp_path / quant / "io.json").read_text())["quant"] == quant
 
 
 def test_corrupt_or_mismatched_files_are_user_errors(exported, tmp_path):
@@ -208,12 +175,13 @@ def test_bad_arguments_are_user_errors(tmp_path):
         export_onnx(loaded, tmp_path / "busy" / "model.onnx", progress=False)
     with pytest.raises(UserError, match="fewer than one window"):
         export_onnx(loaded, tmp_path / "o", verify_text="far too short", progress=False)
-    assert set(ONNX_QUANTS) == {"none", "int8", "int4"}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["busy", "notes.txt"]
 
 
-def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setitem(verify.TOLERANCES, "none", {"max_ppl_increase": 0.005, "min_top1": 1.01})
+@pytest.mark.parametrize("exported", ["pruned"], indirect=True)
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch, exported):
+    loaded, fp32_dir, _ = exported
+    monkeypatch.setitem(verify.TOLERANCES, "int8", {"max_ppl_increase": 0.02, "min_top1": 1.01})
     with pytest.raises(VerificationError, match="top-1 agreement"):
-        export_onnx(tiny_model(num_hidden_layers=1), tmp_path / "o", progress=False)
+        export_onnx(loaded, tmp_path / "o", quant="int8", float_onnx=fp32_dir, progress=False)
     assert not list(tmp_path.iterdir())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from exporters.onnx import export_onnx
-from toolchain.models import load_model
+from toolchain.models import open_model
 
 pytestmark = pytest.mark.slow
 SEQLEN, WINDOWS = 256, 3  # 3 windows of held-out text keep each verification well under a minute
@@ -24,7 +24,7 @@ def dense(smollm2_dense):
 def pruned_model(smollm2_s50):
     """The real pipeline's output: `liar-export --sparsity 0.5 --allocation global --to hf`
     (per-layer head counts and FFN widths; per-layer KV heads are covered by the tiny tests)."""
-    return load_model(smollm2_s50["artifacts"]["hf"])
+    return open_model(smollm2_s50["artifacts"]["hf"])
 
 
 def _export(loaded, out, quant, float_onnx=None):
@@ -45,9 +45,8 @@ def test_dense_fp32_reproduces_pytorch(dense, tmp_path):
 
 def test_pruned_fp32_int8_int4(smollm2_s50, tmp_path):
     pruned = pruned_model(smollm2_s50)
-    widths = pruned.model.config.liar_layers
-    assert len({w["num_attention_heads"] for w in widths}) > 1
-    assert len({w["intermediate_size"] for w in widths}) > 1
+    assert len(set(pruned.widths.column("num_attention_heads"))) > 1
+    assert len(set(pruned.widths.column("intermediate_size"))) > 1
     sizes = {}
     for quant in ("none", "int8", "int4"):
         # tracing is the slow part: int8 / int4 quantise the fp32 export made first

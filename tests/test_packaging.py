@@ -17,13 +17,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("toolchain", "exporters", "benchmarks")
-SCRIPTS = {"liar-export": "toolchain.cli:export_main",
-           "liar-eval": "toolchain.cli:eval_main",
-           "liar-bench": "benchmarks.cli:main"}
 
 
 def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+SCRIPTS = _pyproject()["project"]["scripts"]  # the wheel and the installed entry points must match these
 
 
 def _pin(name: str) -> str:
@@ -87,16 +87,32 @@ def test_installed_versions_match_pins(name):
     assert md.version(name) == _pin(name)
 
 
-def test_ci_and_docker_read_the_llama_pin_from_pyproject():
-    """The version lives in pyproject only; the shell's sed must find it there."""
-    expr = r's/.*"llama-cpp-python==\([^"]*\)".*/\1/p'
+@pytest.mark.parametrize("expr, version", [
+    (r's/.*"llama-cpp-python==\([^"]*\)".*/\1/p', lambda: _pin("llama-cpp-python")),
+    (r's/^torch = "\([^"]*\)".*/\1/p', lambda: _pyproject()["tool"]["liar-export"]["torch"]),
+])
+def test_ci_reads_its_pins_from_pyproject(expr, version):
+    """Each version lives in pyproject only; .ci/install's sed must find it there."""
     found = subprocess.run(["sed", "-n", expr, str(ROOT / "pyproject.toml")],
                            capture_output=True, text=True, check=True).stdout.split()
-    assert found == [_pin("llama-cpp-python")]
-    for path in (ROOT / ".ci" / "install", ROOT / "Dockerfile"):
-        text = path.read_text()
-        assert expr.split("/")[1] in text.replace("\\\\", "\\"), f"{path.name} does not read the pin"
-        assert _pin("llama-cpp-python") not in text, f"{path.name} hard-codes the llama-cpp-python version"
+    assert found == [version()]
+    text = (ROOT / ".ci" / "install").read_text()
+    assert expr.split("/")[1] in text.replace("\\\\", "\\"), ".ci/install does not read the pin"
+    assert f"=={version()}" not in text and f"={version()}\n" not in text, f".ci/install hard-codes {version()}"
+
+
+@pytest.mark.parametrize("name, version", [
+    ("llama-cpp-python", lambda: _pin("llama-cpp-python")),
+    ("torch", lambda: _pyproject()["tool"]["liar-export"]["torch"]),
+])
+def test_docker_reads_its_pins_from_pyproject(name, version):
+    """The Dockerfile asks docker/pins.py (run here as the image runs it) and never restates a version."""
+    found = subprocess.run([sys.executable, "docker/pins.py", name], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert found == version()
+    text = (ROOT / "Dockerfile").read_text()
+    assert f"python3 docker/pins.py {name}" in text, f"the Dockerfile does not read the {name} pin"
+    assert f"=={version()}" not in text and f"={version()}\n" not in text, f"the Dockerfile hard-codes {version()}"
 
 
 def _script(name: str) -> str:

@@ -12,7 +12,7 @@ import random
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from toolchain.models import LoadedModel
+from toolchain.models import Model
 from toolchain.plan import LayerPlan, PruningPlan
 
 SAMPLE_TEXT = (
@@ -46,8 +46,8 @@ def tiny_config(**overrides) -> LlamaConfig:
     return LlamaConfig(**kw)
 
 
-def tiny_model(seed: int = 0, **overrides) -> LoadedModel:
-    """A random LlamaForCausalLM with weights large enough to give non-trivial logits."""
+def tiny_model(seed: int = 0, **overrides) -> Model:
+    """A random LlamaForCausalLM (in memory) with weights large enough to give non-trivial logits."""
     torch.manual_seed(seed)
     config = tiny_config(**overrides)
     model = LlamaForCausalLM(config)
@@ -55,11 +55,10 @@ def tiny_model(seed: int = 0, **overrides) -> LoadedModel:
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
-    model.eval()
-    return LoadedModel(model, tiny_tokenizer(), {"kind": "tiny", "path": f"tiny-seed{seed}"})
+    return Model.from_module(model.eval(), tiny_tokenizer(), {"kind": "tiny", "path": f"tiny-seed{seed}"})
 
 
-def random_plan(model, seed: int = 0, whole_groups: bool = False) -> PruningPlan:
+def random_plan(model: Model, seed: int = 0, whole_groups: bool = False) -> PruningPlan:
     """A valid plan with different widths per layer (GQA-consistent)."""
     c = model.config
     plan = PruningPlan.dense(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
@@ -80,6 +79,53 @@ def random_plan(model, seed: int = 0, whole_groups: bool = False) -> PruningPlan
     return plan
 
 
+def plan_of(model: Model, layers: list[tuple[list[int], list[int], int]]) -> PruningPlan:
+    """A plan from (heads, kv_heads, n_channels) per layer; channels spread over the layer."""
+    c = model.config
+    plan = PruningPlan.dense(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+                             c.head_dim, c.hidden_size, c.intermediate_size)
+    spread = lambda n: [i * c.intermediate_size // n for i in range(n)]  # noqa: E731
+    plan.layers = [LayerPlan(h, kv, spread(n)) for h, kv, n in layers]
+    return plan
+
+
+def pruned(model: Model, plan: PruningPlan) -> Model:
+    from toolchain.compress import apply_plan
+
+    return apply_plan(model, plan)
+
+
+def with_random_biases(model: Model, seed: int) -> Model:
+    """`model` with random biases on every o_proj and down_proj (what reconstruction adds)."""
+    module = model.module()
+    g = torch.Generator().manual_seed(seed)
+    for layer in module.model.layers:
+        for parent, name in ((layer.self_attn, "o_proj"), (layer.mlp, "down_proj")):
+            old = getattr(parent, name)
+            new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+            with torch.no_grad():
+                new.weight.copy_(old.weight)
+                new.bias.copy_(torch.randn(old.out_features, generator=g) * 0.5)
+            setattr(parent, name, new)
+    return Model.from_module(module, model.tokenizer, model.source, model.meta)
+
+
 def sample_ids(n: int = 24, seed: int = 0, batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, len(tiny_tokenizer()), (batch, n), generator=g)
+
+
+CALIB = sample_ids(n=32, seed=7, batch=12)  # the calibration batch every in-process compression test uses
+
+
+def compressed(model: Model, plan: PruningPlan | None = None, local=None, device: str = "cpu", **options):
+    """`model` compressed in memory with CompressOptions(**options) on CALIB: (new model, result)."""
+    from toolchain.compress import compress
+    from toolchain.recipe import CompressOptions
+    from toolchain.sinks import MemorySink
+
+    options.setdefault("round_to", 16)
+    sink = MemorySink(model)
+    result = compress(model, CALIB, CompressOptions(**options), torch.device(device), sink, plan=plan,
+                      local=local, progress=False)
+    return sink.close(result.widths, {"plan": result.plan.to_json()}), result

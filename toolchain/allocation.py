@@ -9,15 +9,17 @@ Units of removal, per layer, in the order they would be removed:
       - `groups`: a whole KV group (its query heads and the K/V head).
     With one query head per KV head (MHA) both are "drop a head and its K/V".
 Every layer keeps at least one attention unit and `round_to` FFN channels, so
-no layer ever becomes one the runtimes cannot represent (DESIGN.md §5).
+no layer ever becomes one the runtimes cannot represent (docs/DESIGN.md §5).
 
 Allocation:
   * `uniform`: the same number of attention units and the same FFN width in
     every layer, chosen so the total comes closest to the target;
-  * `global`: FLAP's adaptive structure — channel scores standardised within
-    each layer and module, units ranked by their mean standardised score across
-    all layers, and the lowest removed until the cumulative parameter cost is
-    closest to the target.
+  * `global`: units ranked by a price across all layers and the cheapest
+    removed until the cumulative parameter cost is closest to the target. The
+    price is FLAP's mean standardised score (channel scores standardised within
+    each layer and module), or — `pricing="error"` — each unit's estimated output
+    error after reconstruction per parameter removed (toolchain.pricing), which
+    puts heads and FFN channels on one scale.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from .errors import UserError
 from .plan import LayerPlan, PruningPlan
-from .recipe import ALLOCATIONS, HEAD_UNITS, check_choice
+from .recipe import ALLOCATIONS, HEAD_UNITS, PRUNE_CHOICES, check_choice
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Unit:
     layer: int
     kind: str  # "attn" | "ffn"
     rank: int  # position in the layer's removal order
-    z: float  # mean standardised score (global allocation)
+    z: float  # global allocation's price: mean standardised score, or error per parameter
     cost: int  # block parameters removed
     heads: tuple[int, ...] = ()
     kv_heads: tuple[int, ...] = ()
@@ -83,7 +85,7 @@ def _ffn_units(layer: int, scores: torch.Tensor, plan: PruningPlan, round_to: in
     for r, (hi, lo) in enumerate(zip(widths, widths[1:])):
         chans = tuple(order[start:start + hi - lo])
         units.append(Unit(layer, "ffn", r, z[list(chans)].mean().item(),
-                          3 * len(chans) * plan.hidden_size, channels=chans))
+                          plan.ffn_matrices * len(chans) * plan.hidden_size, channels=chans))
         start += hi - lo
     return units
 
@@ -97,10 +99,7 @@ def _plan_from_removed(dense: PruningPlan, removed: list[list[Unit]]) -> Pruning
         layers.append(LayerPlan([h for h in lp.heads if h not in heads],
                                 [k for k in lp.kv_heads if k not in kv],
                                 [c for c in lp.channels if c not in ch]))
-    plan = PruningPlan(dense.num_heads, dense.num_kv_heads, dense.head_dim, dense.hidden_size,
-                       dense.intermediate_size, layers)
-    plan.validate()
-    return plan
+    return dense.with_layers(layers)
 
 
 def resolve_head_unit(mode: str, plan: PruningPlan) -> str:
@@ -110,36 +109,56 @@ def resolve_head_unit(mode: str, plan: PruningPlan) -> str:
     return mode
 
 
-def allocate(dense: PruningPlan, attn_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor],
-             sparsity: float, allocation: str = "global", round_to: int = 32,
-             head_unit: str = "auto") -> PruningPlan:
-    """Choose what to remove so that ~`sparsity` of block parameters go.
+def layer_units(layer: int, attn_scores: torch.Tensor, ffn_scores: torch.Tensor, dense: PruningPlan,
+                round_to: int = 32, head_unit: str = "auto", prune: str = "heads,ffn"
+                ) -> tuple[list[Unit], list[Unit]]:
+    """One layer's (attention, FFN) units in removal order, priced by mean standardised score.
 
-    `attn_scores[l]` scores the o_proj inputs of layer l (num_heads × head_dim),
-    `ffn_scores[l]` the down_proj inputs (intermediate_size).
+    `attn_scores` scores the o_proj inputs (num_heads × head_dim), `ffn_scores` the
+    down_proj inputs (intermediate_size). `prune` restricts what may go: "heads,ffn",
+    "ffn" (every head kept) or "heads" (every FFN channel kept).
     """
-    if not 0 <= sparsity < 1:
-        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
     if round_to < 1:
         raise UserError(f"--round-to must be a positive integer (got {round_to})")
+    check_choice("prune", prune, PRUNE_CHOICES)
+    kinds = prune.split(",")
+    attn = _attn_units(layer, attn_scores, dense, resolve_head_unit(head_unit, dense)) if "heads" in kinds else []
+    ffn = _ffn_units(layer, ffn_scores, dense, round_to) if "ffn" in kinds else []
+    return attn, ffn
+
+
+def select(dense: PruningPlan, attn: list[list[Unit]], ffn: list[list[Unit]], sparsity: float,
+           allocation: str = "global") -> PruningPlan:
+    """The plan removing ~`sparsity` of block parameters from every layer's units."""
+    if not 0 <= sparsity < 1:
+        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
     check_choice("allocation", allocation, ALLOCATIONS)
-    mode = resolve_head_unit(head_unit, dense)
-    attn = [_attn_units(i, s, dense, mode) for i, s in enumerate(attn_scores)]
-    ffn = [_ffn_units(i, s, dense, round_to) for i, s in enumerate(ffn_scores)]
     target = sparsity * dense.block_params()
-    if allocation == "uniform":
-        removed = _uniform(attn, ffn, target, sparsity)
-    else:
-        removed = _global(attn, ffn, target)
+    removed = _uniform(attn, ffn, target, sparsity) if allocation == "uniform" else _global(attn, ffn, target)
     return _plan_from_removed(dense, removed)
+
+
+def allocate(dense: PruningPlan, attn_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor],
+             sparsity: float, allocation: str = "global", round_to: int = 32,
+             head_unit: str = "auto", prune: str = "heads,ffn") -> PruningPlan:
+    """Choose what to remove so that ~`sparsity` of block parameters go (FLAP's pricing)."""
+    if not 0 <= sparsity < 1:
+        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
+    units = [layer_units(i, a, f, dense, round_to, head_unit, prune)
+             for i, (a, f) in enumerate(zip(attn_scores, ffn_scores))]
+    return select(dense, [a for a, _ in units], [f for _, f in units], sparsity, allocation)
 
 
 def _uniform(attn: list[list[Unit]], ffn: list[list[Unit]], target: float,
              sparsity: float) -> list[list[Unit]]:
-    """Same attention cut and FFN width everywhere; FFN absorbs the rounding."""
+    """Same attention cut and FFN width everywhere; FFN absorbs the rounding (without FFN
+    units, the attention cut comes closest to the target on its own)."""
     n_layers = len(attn)
     n_attn_units = len(attn[0]) + 1  # removable units + the one always kept
     n_a = min(round(sparsity * n_attn_units), len(attn[0]))
+    if not ffn[0]:
+        costs = [sum(u.cost for u in attn[0][:n]) * n_layers for n in range(len(attn[0]) + 1)]
+        n_a = min(range(len(costs)), key=lambda n: abs(costs[n] - target))
     attn_cost = sum(u.cost for u in attn[0][:n_a]) * n_layers
     best_k, best_err = 0, float("inf")
     cum = 0

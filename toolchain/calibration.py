@@ -2,7 +2,7 @@
 
 Sources:
   pydoc (default)  CPython's reference topics — offline, ships with Python.
-                   Measured better than self-generated text (DESIGN.md §7).
+                   Measured better than self-generated text (docs/DESIGN.md §7).
   self             sequences sampled from the dense model itself (temperature 1).
   FILE.txt / .jsonl  your own text (.jsonl: a `text` field per line).
   a dataset name   e.g. wikitext2, c4 — needs `datasets` and network access.
@@ -16,6 +16,7 @@ import torch
 
 from .errors import UserError
 from .perplexity import encode
+from .recipe import CalibOptions
 from .texts import pydoc_topics_text, read_text_file
 
 DATASETS = {
@@ -80,10 +81,24 @@ def self_generated(model, tokenizer, n_samples: int, seqlen: int, seed: int,
     return torch.cat(out)
 
 
-def calibration_ids(tokenizer, source: str, n_samples: int, seqlen: int, seed: int,
-                    model=None) -> torch.Tensor:
-    if n_samples < 1 or seqlen < 2:
-        raise UserError("--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2")
-    if source == "self":
-        return self_generated(model, tokenizer, n_samples, seqlen, seed)
-    return sample_windows(encode(tokenizer, source_text(source)), n_samples, seqlen, seed)
+def calibration_tokens(model, opts: CalibOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Calibration ids and their real-token mask: decoders get full windows (mask None), encoders
+    padded passages of the same text (toolchain.passages), at most `seqlen` tokens each."""
+    if not model.family.encoder:
+        return calibration_ids(model, opts), None
+    opts.validate()
+    if opts.source == "self":
+        raise UserError("--calib self samples text from a causal LM; an encoder needs real text "
+                        "(the default pydoc, a file or a dataset)")
+    from .passages import calibration_batch
+
+    seqlen = min(opts.seqlen, int(model.config.max_position_embeddings))
+    return calibration_batch(model.tokenizer, source_text(opts.source), opts.samples, seqlen, opts.seed)
+
+
+def calibration_ids(model, opts: CalibOptions) -> torch.Tensor:
+    """[samples, seqlen] token ids for `model` (a toolchain.models.Model)."""
+    opts.validate()
+    if opts.source == "self":
+        return self_generated(model.module(), model.tokenizer, opts.samples, opts.seqlen, opts.seed)
+    return sample_windows(encode(model.tokenizer, source_text(opts.source)), opts.samples, opts.seqlen, opts.seed)

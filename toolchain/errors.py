@@ -14,16 +14,6 @@ EXIT_VERIFY_FAILED = 3
 EXIT_REGRESSION = 4
 EXIT_INTERRUPTED = 130
 
-EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_INTERNAL: "internal error (a bug: rerun with --verbose and report the traceback)",
-    EXIT_BAD_INPUT: "bad input (the message says what is wrong and how to fix it)",
-    EXIT_VERIFY_FAILED: "verification failed (exported artifact disagrees with PyTorch)",
-    EXIT_REGRESSION: "benchmark regression beyond the threshold (liar-bench compare)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); no partial artifact was left",
-}
-
-
 class LiarError(Exception):
     """Base class: an error with a one-line message and an exit code."""
 

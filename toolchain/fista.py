@@ -121,36 +121,45 @@ class FistaResult:
 
 
 def solve(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, g: torch.Tensor, mask0: torch.Tensor,
-          pattern: str, sparsity: float, opts: FistaOptions) -> FistaResult:
+          pattern: str, sparsity: float, opts: FistaOptions, w0: torch.Tensor | None = None) -> FistaResult:
     """Sparse W* for one (stacked) operator, in float32 on w's device.
 
     w: dense weight [out, in]; h = E[x* x*ᵀ], c = E[x x*ᵀ], g = E[x xᵀ] ([in, in], any float
-    dtype, any device); mask0: the criterion's mask (warm start, candidate zero)."""
+    dtype, any device); mask0: the criterion's mask; w0: the warm start (candidate zero), zero
+    outside mask0 — default w ⊙ mask0 (SparseGPT gives its updated weights)."""
     dev, f32 = w.device, torch.float32
     w = w.to(f32)
+    w0 = w * mask0 if w0 is None else w0.to(dev, f32) * mask0
     h, c, g = (m.to(dev, torch.float64) for m in (h, c, g))
-    d = h.diagonal().clamp_min(0).sqrt()
+    b = w.double() @ c
+    const = ((w.double() @ g) * w.double()).sum(1)  # ‖w_i x‖²
+    # damping: + ½δ‖W* − W‖² (δ = damp · mean diag H), for the iterations only; candidates
+    # are judged on the undamped calibration error
+    delta = opts.damp * float(h.diagonal().mean())
+    hd = h + delta * torch.eye(h.shape[0], dtype=h.dtype, device=dev)
+    bd = b + delta * w.double()
+    d = hd.diagonal().clamp_min(0).sqrt()
     d = d.clamp_min(1e-6 * float(d.max()) if float(d.max()) > 0 else 1.0)
-    ht = (h / torch.outer(d, d)).to(f32)
-    bt = ((w.double() @ c) / d).to(f32)  # B / d: the linear term in V coordinates
-    const = ((w.double() @ g) * w.double()).sum(1).to(f32)  # ‖w_i x‖²
     dd = d.to(f32)
-    lip = lipschitz(ht)
+    ht, bt = (h / torch.outer(d, d)).to(f32), (b / d).to(f32)  # the error, in V coordinates
+    htd, btd = (hd / torch.outer(d, d)).to(f32), (bd / d).to(f32)  # what the iterations minimise
+    const = const.to(f32)
+    lip = lipschitz(htd)
     k = mask0.sum(1)  # target non-zeros per row (exact for both patterns)
 
-    best = w * dd * mask0  # candidate zero: the criterion's mask on W (in V coordinates)
+    best = w0 * dd  # candidate zero: the warm start (in V coordinates)
     best_err = row_error(best, ht, bt, const)
     err0 = best_err
     best_lam = torch.zeros(w.shape[0], dtype=f32, device=dev)
     best_mask = mask0
     # λ_i ≥ max_j |B_ij| makes W* = 0 optimal for row i: bisect in log space below it
-    hi = bt.mul(dd).abs().amax(1).clamp_min(1e-30).log()
-    lo = hi + math.log(1e-6)
+    hi = btd.mul(dd).abs().amax(1).clamp_min(1e-30).log()
+    lo = hi + math.log(opts.lambda_min)
     v = best
     for _ in range(opts.steps):
         mid = (lo + hi) / 2
         lam = mid.exp()
-        v = fista(v, ht, bt, lam[:, None] / dd[None, :], lip, opts.iters)
+        v = fista(v, htd, btd, lam[:, None] / dd[None, :], lip, opts.iters)
         too_dense = (v != 0).sum(1) > k  # λ too small for this row
         lo, hi = torch.where(too_dense, mid, lo), torch.where(too_dense, hi, mid)
         m = keep_mask(v.abs(), pattern, sparsity)
@@ -163,7 +172,7 @@ def solve(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, g: torch.Tensor, ma
         best_lam = torch.where(better, lam, best_lam)
     iterations = opts.steps * opts.iters
     if opts.refit_iters:
-        fitted = refit(best, ht, bt, best_mask, opts.refit_iters)
+        fitted = refit(best, htd, btd, best_mask, opts.refit_iters)
         err = row_error(fitted, ht, bt, const)
         keep = err < best_err
         best = torch.where(keep[:, None], fitted, best)

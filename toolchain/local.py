@@ -15,10 +15,13 @@ after Pruning") finds that this matches post-pruning fine-tuning at a fraction
 of the data and memory, and that quality hardly depends on the submodel size,
 so the granularity can follow the memory budget.
 
-Memory: only one submodel (its pruned and dense versions) is on the device at
-a time; the residual-stream activations between submodels stay on the CPU and
-travel in micro-batches. What trains is whatever the pruned submodel already
-has (kept weights, RMSNorm weights, biases): shapes and plan never change.
+It runs inside the layer walk (toolchain.walk), right after the closed-form
+stage of the same layers: the dense submodel is a copy of the layer taken
+before it was pruned, so no dense copy of the whole model ever exists. Only
+one submodel (its pruned and dense versions) is on the device at a time; the
+residual-stream activations stay on the CPU and travel in micro-batches. What
+trains is whatever the pruned submodel already has (kept weights, norm
+weights, biases): shapes and plan never change.
 """
 
 from __future__ import annotations
@@ -34,54 +37,59 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .errors import UserError
-from .pipeline import LayerRunner
+from .models import Model
 from .recipe import LocalOptions, block_count
+from .walk import Runner, Step
 
 
 @dataclass(frozen=True)
 class Submodel:
-    """A slice of the decoder: `layers` (consecutive) and which part of them."""
+    """A slice of the walk's current group: its layers (index, pruned, dense) and which part."""
 
-    layers: tuple[int, ...]
+    layers: tuple[tuple[int, nn.Module, nn.Module], ...]
     part: str  # attn | mlp | block
 
     @property
-    def name(self) -> str:
-        span = f"{self.layers[0]}" if len(self.layers) == 1 else f"{self.layers[0]}-{self.layers[-1]}"
-        return f"L{span} {self.part}"
+    def indices(self) -> list[int]:
+        return [i for i, _, _ in self.layers]
 
-    def modules(self, model: nn.Module) -> list[nn.Module]:
-        """The modules holding this submodel's parameters."""
-        layers = [model.model.layers[i] for i in self.layers]
+    @property
+    def name(self) -> str:
+        first, last = self.layers[0][0], self.layers[-1][0]
+        return f"L{first if first == last else f'{first}-{last}'} {self.part}"
+
+    def modules(self, family, which: int) -> list[nn.Module]:
+        """The modules holding this submodel's parameters (which: 1 pruned, 2 dense)."""
+        layers = [entry[which] for entry in self.layers]
         if self.part == "attn":
-            return [layers[0].input_layernorm, layers[0].self_attn]
+            return family.attention_modules(layers[0])
         if self.part == "mlp":
-            return [layers[0].post_attention_layernorm, layers[0].mlp]
+            return family.mlp_modules(layers[0])
         return layers
 
-    def forward(self, model: nn.Module, x: torch.Tensor, ctx: LayerRunner) -> torch.Tensor:
-        """Residual stream in at the submodel's start, residual stream out at its end."""
-        layer = model.model.layers[self.layers[0]]
+    def forward(self, runner: Runner, which: int, x: torch.Tensor) -> torch.Tensor:
+        """Residual stream in at the submodel's start, residual stream out at its end
+        (`x` is the runner's current micro-batch: its mask is the one applied)."""
+        i, layer = self.layers[0][0], self.layers[0][which]
         if self.part == "attn":
-            out = layer.self_attn(layer.input_layernorm(x), position_embeddings=ctx.pos_emb,
-                                  attention_mask=ctx.mask, position_ids=ctx.pos_ids)[0]
-            return x + out
+            _, pos, pos_emb = runner.context(i)
+            return runner.family.attention_forward(layer, x, runner.layer_mask(i), pos, pos_emb)
         if self.part == "mlp":
-            return x + layer.mlp(layer.post_attention_layernorm(x))
-        for i in self.layers:
-            y = model.model.layers[i](x, attention_mask=ctx.mask, position_ids=ctx.pos_ids,
-                                      position_embeddings=ctx.pos_emb)
-            x = y[0] if isinstance(y, tuple) else y
+            return runner.family.mlp_forward(layer, x)
+        for entry in self.layers:
+            x = runner.forward(entry[0], entry[which], x)
         return x
 
 
-def submodels(granularity: str, num_layers: int) -> list[Submodel]:
-    """The decoder cut into consecutive submodels, in forward order."""
-    k = block_count(granularity)
-    if k == 0:
-        return [Submodel((i,), part) for i in range(num_layers) for part in ("attn", "mlp")]
-    return [Submodel(tuple(range(i, min(i + k, num_layers))), "block") for i in range(0, num_layers, k)]
+PRUNED, DENSE = 1, 2
+
+
+def squared_error(y: torch.Tensor, target: torch.Tensor, real: torch.Tensor | None) -> tuple[float, int]:
+    """Σ (y − target)² in float64 over the real tokens (every position when `real` is None:
+    padding must not count in an encoder's loss), and how many values were summed."""
+    if real is not None:
+        y, target = y[real], target[real]
+    return (y.double() - target.double()).pow(2).sum().item(), target.numel()
 
 
 def default_steps(n_sequences: int, batch_size: int) -> int:
@@ -111,61 +119,66 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> Itera
             yield chunk
 
 
-def _place(modules: list[nn.Module], device: torch.device, dtype: torch.dtype) -> None:
-    for m in modules:
-        m.to(device=device, dtype=dtype)
+class Refiner:
+    """Local refinement as a stage of the walk: trains each submodel of the current group.
 
+    `report` collects one row per submodel: {"layers", "part", "loss_before", "loss_after",
+    "reverted", "steps", "seconds"} (losses: MSE over all calibration tokens and hidden
+    dimensions, float32 compute). A submodel whose calibration MSE did not improve (e.g. lr
+    too high) gets its starting weights back ("reverted": true, loss_after == loss_before).
+    """
 
-class _Refiner:
-    """State shared by all submodels of one run: options, device, positions and mask."""
-
-    def __init__(self, dense: nn.Module, calib_ids: torch.Tensor, opts: LocalOptions, device: torch.device):
-        self.opts, self.device = opts, device
-        ctx = LayerRunner(dense, calib_ids, device, opts.batch_size)
-        # training runs in float32 whatever the model's dtype (bf16 only through autocast)
-        ctx.hidden = ctx.hidden.float()
-        ctx.mask = ctx.mask.float()
-        ctx.pos_emb = tuple(t.float() for t in ctx.pos_emb)
-        self.ctx = ctx
-        self.autocast = opts.mixed_precision and device.type == "cuda"
+    def __init__(self, model: Model, runner: Runner, opts: LocalOptions, progress: bool = True):
+        opts.validate()
+        self.model, self.family, self.opts, self.device = model, model.family, opts, runner.device
+        k = block_count(opts.granularity)
+        self.group, self.parts = max(k, 1), (("attn", "mlp") if k == 0 else ("block",))
+        self.steps = opts.steps or default_steps(runner.hidden.shape[0], opts.batch_size)
+        self.autocast = opts.mixed_precision and self.device.type == "cuda"
         self.gen = torch.Generator().manual_seed(opts.seed)
+        self.report: list[dict] = []
+        total = math.ceil(model.num_layers / self.group) * len(self.parts) * self.steps
+        self.bar = tqdm(total=total, desc="local", unit="step", disable=not progress, leave=False)
 
-    def _fwd(self, sub: Submodel, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _fwd(self, sub: Submodel, runner: Runner, which: int, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return sub.forward(model, x, self.ctx).float()
+            return sub.forward(runner, which, x).float()
 
-    def outputs(self, sub: Submodel, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def outputs(self, sub: Submodel, runner: Runner, which: int, hidden: torch.Tensor) -> torch.Tensor:
         """The submodel's outputs over all sequences (CPU, float32)."""
         bs = self.opts.batch_size
         with torch.no_grad():
-            return torch.cat([self._fwd(sub, model, hidden[i:i + bs].to(self.device)).cpu()
-                              for i in range(0, len(hidden), bs)])
+            return torch.cat([self._fwd(sub, runner, which, hidden[runner.select(slice(i, i + bs))].to(self.device))
+                              .cpu() for i in range(0, len(hidden), bs)])
 
-    def measure(self, sub: Submodel, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+    def measure(self, sub: Submodel, runner: Runner, inputs: torch.Tensor, targets: torch.Tensor,
                 keep: bool) -> tuple[float, torch.Tensor | None]:
-        """MSE to `targets` over all sequences, and the outputs (CPU) if `keep`."""
-        bs, total, outs = self.opts.batch_size, 0.0, []
+        """MSE of the pruned submodel to `targets` over all real tokens, and its outputs if `keep`."""
+        bs, total, count, outs = self.opts.batch_size, 0.0, 0, []
         with torch.no_grad():
             for i in range(0, len(inputs), bs):
-                y = self._fwd(sub, model, inputs[i:i + bs].to(self.device))
-                total += (y.double() - targets[i:i + bs].to(self.device).double()).pow(2).sum().item()
+                sl = runner.select(slice(i, i + bs))
+                y = self._fwd(sub, runner, PRUNED, inputs[sl].to(self.device))
+                err, n = squared_error(y, targets[sl].to(self.device), runner.real_tokens)
+                total, count = total + err, count + n
                 if keep:
                     outs.append(y.cpu())
-        return total / targets.numel(), torch.cat(outs) if keep else None
+        return total / count, torch.cat(outs) if keep else None
 
-    def train(self, sub: Submodel, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-              steps: int, on_step: Callable[[float], None]) -> None:
-        """AdamW on the submodel's parameters, MSE to the dense targets."""
-        params = [p for m in sub.modules(model) for p in m.parameters()]
+    def train(self, sub: Submodel, runner: Runner, inputs: torch.Tensor, targets: torch.Tensor,
+              on_step: Callable[[float], None]) -> None:
+        """AdamW on the pruned submodel's parameters, MSE to the dense targets."""
+        params = [p for m in sub.modules(self.family, PRUNED) for p in m.parameters()]
         flags = [p.requires_grad for p in params]
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=self.opts.lr, weight_decay=self.opts.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, self.opts.warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.steps, self.opts.warmup))
         try:
-            for idx in _batches(len(inputs), self.opts.batch_size, steps, self.gen):
-                x, y = inputs[idx].to(self.device), targets[idx].to(self.device)
-                loss = F.mse_loss(self._fwd(sub, model, x), y)
+            for idx in _batches(len(inputs), self.opts.batch_size, self.steps, self.gen):
+                x, y = inputs[runner.select(idx)].to(self.device), targets[idx].to(self.device)
+                out, real = self._fwd(sub, runner, PRUNED, x), runner.real_tokens
+                loss = F.mse_loss(out, y) if real is None else F.mse_loss(out[real], y[real])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -176,71 +189,42 @@ class _Refiner:
                 p.grad = None
                 p.requires_grad_(flag)
 
-    def refine(self, sub: Submodel, dense: nn.Module, pruned: nn.Module, dense_h: torch.Tensor,
-               pruned_h: torch.Tensor | None, steps: int, bar: tqdm):
-        """Train one submodel; returns its report row and both streams at its output."""
+    def refine(self, sub: Submodel, runner: Runner, dense_h: torch.Tensor, pruned_h: torch.Tensor | None):
+        """Train one submodel; returns both streams at its output."""
         start = time.perf_counter()
-        mods = (sub.modules(dense), sub.modules(pruned))
-        dtypes = [next(m[0].parameters()).dtype for m in mods]
-        for m in mods:
-            _place(m, self.device, torch.float32)
-        targets = self.outputs(sub, dense, dense_h)  # also the dense stream's next input
+        targets = self.outputs(sub, runner, DENSE, dense_h)  # also the dense stream's next input
         inputs, keep = (dense_h, False) if pruned_h is None else (pruned_h, True)
-        before, _ = self.measure(sub, pruned, inputs, targets, keep=False)
-        bar.set_description(f"local {sub.name}")
+        before, _ = self.measure(sub, runner, inputs, targets, keep=False)
+        self.bar.set_description(f"local {sub.name}")
         running: list[float] = []
 
         def on_step(loss: float) -> None:
             running.append(loss)
-            bar.set_postfix(mse=f"{sum(running[-8:]) / len(running[-8:]):.4g}", before=f"{before:.4g}")
-            bar.update()
+            self.bar.set_postfix(mse=f"{sum(running[-8:]) / len(running[-8:]):.4g}", before=f"{before:.4g}")
+            self.bar.update()
 
-        start_state = [copy.deepcopy(m.state_dict()) for m in mods[1]]
-        self.train(sub, pruned, inputs, targets, steps, on_step)
-        after, out = self.measure(sub, pruned, inputs, targets, keep)
+        mods = sub.modules(self.family, PRUNED)
+        start_state = [copy.deepcopy(m.state_dict()) for m in mods]
+        self.train(sub, runner, inputs, targets, on_step)
+        after, out = self.measure(sub, runner, inputs, targets, keep)
         reverted = not after < before  # never leave a submodel worse than it started
         if reverted:
-            for m, state in zip(mods[1], start_state):
+            for m, state in zip(mods, start_state):
                 m.load_state_dict(state)
-            after, out = self.measure(sub, pruned, inputs, targets, keep) if keep else (before, None)
-        for m, dtype in zip(mods, dtypes):
-            _place(m, torch.device("cpu"), dtype)
-        row = {"layers": list(sub.layers), "part": sub.part, "loss_before": before, "loss_after": after,
-               "reverted": reverted, "steps": steps, "seconds": time.perf_counter() - start}
-        return row, targets, out
+            after, out = self.measure(sub, runner, inputs, targets, keep) if keep else (before, None)
+        self.report.append({"layers": sub.indices, "part": sub.part, "loss_before": before, "loss_after": after,
+                            "reverted": reverted, "steps": self.steps, "seconds": time.perf_counter() - start})
+        return targets, out
 
-
-def _check_pair(dense: nn.Module, pruned: nn.Module) -> None:
-    if type(dense) is not type(pruned):
-        raise UserError(f"dense and pruned models differ in class ({type(dense).__name__} vs "
-                        f"{type(pruned).__name__})")
-    if len(dense.model.layers) != len(pruned.model.layers) or \
-            dense.config.hidden_size != pruned.config.hidden_size:
-        raise UserError("the dense model does not match the pruned one (layer count or hidden size)")
-
-
-def local_reconstruct(dense: nn.Module, pruned: nn.Module, calib_ids: torch.Tensor, opts: LocalOptions,
-                      device: torch.device, progress: bool = True) -> list[dict]:
-    """Refine `pruned` in place, submodel by submodel, against `dense` (left unchanged).
-
-    Returns per submodel {"layers", "part", "loss_before", "loss_after", "reverted", "steps",
-    "seconds"} (losses: MSE over all calibration tokens and hidden dimensions, float32 compute).
-    A submodel whose calibration MSE did not improve (e.g. lr too high) gets its starting
-    weights back ("reverted": true, loss_after == loss_before).
-    """
-    opts.validate()
-    _check_pair(dense, pruned)
-    run = _Refiner(dense, calib_ids, opts, device)
-    parts = submodels(opts.granularity, len(pruned.model.layers))
-    steps = opts.steps or default_steps(len(calib_ids), opts.batch_size)
-    dense_h = run.ctx.hidden
-    pruned_h = dense_h if opts.inputs == "pruned" else None
-    report = []
-    bar = tqdm(total=len(parts) * steps, desc="local", unit="step", disable=not progress, leave=False)
-    try:
-        for sub in parts:
-            row, dense_h, pruned_h = run.refine(sub, dense, pruned, dense_h, pruned_h, steps, bar)
-            report.append(row)
-    finally:
-        bar.close()
-    return report
+    def __call__(self, steps: list[Step], dense_layers: list[nn.Module], runner: Runner) -> None:
+        """Refine the group `steps` (already pruned) against `dense_layers` (copies from before)."""
+        entries = tuple((s.index, s.layer, d) for s, d in zip(steps, dense_layers))
+        dense_h = steps[0].dense_in
+        pruned_h = steps[0].pruned_in if self.opts.inputs == "pruned" else None
+        subs = ([Submodel((e,), part) for e in entries for part in self.parts] if self.parts != ("block",)
+                else [Submodel(entries, "block")])
+        for sub in subs:
+            dense_h, pruned_h = self.refine(sub, runner, dense_h, pruned_h)
+        steps[-1].dense_out, steps[-1].pruned_out = dense_h, pruned_h
+        if steps[-1].index == self.model.num_layers - 1:
+            self.bar.close()

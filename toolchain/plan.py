@@ -1,8 +1,10 @@
-"""The pruning plan: the one data structure every stage agrees on.
+"""The pruning plan: which heads, KV heads and FFN channels each layer keeps.
 
-Criteria produce it, reconstruction and the exporters consume it, and it is
+Allocation produces it; surgery and reconstruction consume its indices; it is
 saved next to every artifact so a result can be replayed on the dense model.
-Indices always refer to the *dense* model the plan was made from.
+Indices always refer to the *dense* model the plan was made from. What the
+exporters and checkpoints read is the widths record derived from it
+(`PruningPlan.widths`, toolchain/widths.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .widths import LayerWidths, Widths
 
 PLAN_VERSION = 1
 
@@ -48,40 +51,58 @@ class PruningPlan:
     intermediate_size: int
     layers: list[LayerPlan] = field(default_factory=list)
     version: int = PLAN_VERSION
+    ffn_matrices: int = 3  # weight matrices per FFN channel: gate, up, down (2 without a gate)
+    fixed_params: int | None = None  # per-layer weights pruning never touches (norms); None: 2 × hidden
 
     @classmethod
     def dense(cls, num_layers: int, num_heads: int, num_kv_heads: int, head_dim: int,
-              hidden_size: int, intermediate_size: int) -> "PruningPlan":
+              hidden_size: int, intermediate_size: int, ffn_matrices: int = 3,
+              fixed_params: int | None = None) -> "PruningPlan":
         """The identity plan: everything kept."""
         layer = lambda: LayerPlan(list(range(num_heads)), list(range(num_kv_heads)),  # noqa: E731
                                   list(range(intermediate_size)))
         return cls(num_heads, num_kv_heads, head_dim, hidden_size, intermediate_size,
-                   [layer() for _ in range(num_layers)])
+                   [layer() for _ in range(num_layers)], ffn_matrices=ffn_matrices, fixed_params=fixed_params)
+
+    def with_layers(self, layers: list[LayerPlan]) -> "PruningPlan":
+        """The same dense shapes with other kept indices (validated)."""
+        plan = PruningPlan(self.num_heads, self.num_kv_heads, self.head_dim, self.hidden_size,
+                           self.intermediate_size, layers, ffn_matrices=self.ffn_matrices,
+                           fixed_params=self.fixed_params)
+        plan.validate()
+        return plan
 
     @property
     def group_size(self) -> int:
         """Query heads per KV head in the dense model."""
         return self.num_heads // self.num_kv_heads
 
-    @property
-    def is_uniform(self) -> bool:
-        """True when every layer has the same widths (plain `llama` GGUF suffices)."""
-        widths = {(lp.num_heads, lp.num_kv_heads, lp.intermediate_size) for lp in self.layers}
-        return len(widths) == 1
+    def widths(self, o_bias: list[bool] | None = None, down_bias: list[bool] | None = None) -> Widths:
+        """The widths record of this plan; biases per layer as reconstruction leaves them."""
+        n = len(self.layers)
+        o_bias, down_bias = o_bias or [False] * n, down_bias or [False] * n
+        return Widths(tuple(LayerWidths(lp.num_heads, lp.num_kv_heads, self.head_dim, lp.intermediate_size,
+                                        bool(ob), bool(db))
+                            for lp, ob, db in zip(self.layers, o_bias, down_bias, strict=True)))
+
+    def shapes(self) -> tuple:
+        """The dense shapes this plan was made for (a replayed plan must match the model)."""
+        return (self.num_heads, self.num_kv_heads, self.head_dim, self.hidden_size, self.intermediate_size,
+                len(self.layers))
 
     def layer_params(self, lp: LayerPlan) -> int:
-        """Weight parameters of one pruned decoder layer (norms included, biases not)."""
+        """Weight parameters of one pruned layer (norms included, biases not)."""
         d, h = self.head_dim, self.hidden_size
         attn = (2 * lp.num_heads + 2 * lp.num_kv_heads) * d * h
-        ffn = 3 * lp.intermediate_size * h
-        return attn + ffn + 2 * h
+        ffn = self.ffn_matrices * lp.intermediate_size * h
+        return attn + ffn + (2 * h if self.fixed_params is None else self.fixed_params)
 
     def block_params(self) -> int:
         """Transformer-block parameters kept by this plan (embeddings/LM head excluded)."""
         return sum(self.layer_params(lp) for lp in self.layers)
 
     def validate(self) -> None:
-        """Reject plans that a runtime cannot represent (DESIGN.md §5 traps).
+        """Reject plans that a runtime cannot represent (docs/DESIGN.md §5).
 
         Every layer keeps at least one query head and one FFN channel, each kept
         KV head serves the same number of kept query heads, and each kept query
@@ -117,9 +138,12 @@ class PruningPlan:
             layers = [LayerPlan(**lp) for lp in data["layers"]]
             fields = {k: int(data[k]) for k in ("num_heads", "num_kv_heads", "head_dim",
                                                 "hidden_size", "intermediate_size")}
-        except (KeyError, TypeError) as e:
+            fixed = data.get("fixed_params")
+            extra = {"ffn_matrices": int(data.get("ffn_matrices", 3)),
+                     "fixed_params": None if fixed is None else int(fixed)}
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"pruning plan is malformed: {e}") from None
-        plan = cls(layers=layers, **fields)
+        plan = cls(layers=layers, **fields, **extra)
         plan.validate()
         return plan
 

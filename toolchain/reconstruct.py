@@ -14,6 +14,11 @@ same least squares becomes x ≈ Bᵀ x*_S + c with B = (C*_SS + λI)⁻¹ Cov(x
 W' = W Bᵀ, b' = b + W c — it also absorbs the error accumulated upstream.
 λ = ridge · mean(diag C_SS); when the solve is still ill-conditioned λ grows
 tenfold (deterministically) before giving up on that layer and using `bias`.
+
+Without an intercept (the target runtime cannot load the bias: llama.cpp's
+qwen3 / gemma3 / phi3 architectures) LIAR regresses on uncentred second
+moments, x_P ≈ Bᵀ x_S with B = (M_SS + λI)⁻¹ M_SP, M = E[x xᵀ], and leaves b
+alone; `bias` is then unavailable and an ill-conditioned solve falls back to `none`.
 """
 
 from __future__ import annotations
@@ -30,19 +35,35 @@ log = logging.getLogger(__name__)
 RIDGE_RETRIES = 4
 
 
+def adds_bias(method: str, mode: str, removed: int, intercept: bool = True) -> bool:
+    """Whether reconstruction leaves a bias on the o / down projection that lost `removed`
+    inputs (a dense bias stays either way). Known before the walk, so the widths record —
+    and every streamed writer — knows each layer's tensors in advance."""
+    return intercept and method in ("liar", "bias") and (mode == "sequential" or removed > 0)
+
+
 def ridge_solve(c_ss: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor | None:
-    """(C_SS + λI)⁻¹ rhs by Cholesky, λ scaled to the mean variance; None if hopeless."""
-    scale = c_ss.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(c_ss.shape[0], dtype=c_ss.dtype)
+    """(C_SS + λI)⁻¹ rhs by Cholesky, λ scaled to the mean variance; None if hopeless.
+
+    λ goes onto C_SS's diagonal in place (restored before returning): no second k×k copy.
+    """
+    diag = c_ss.diagonal()
+    original = diag.clone()
+    scale = original.mean().clamp_min(1e-12)
     lam = ridge * scale
-    for _ in range(RIDGE_RETRIES):
-        chol, info = torch.linalg.cholesky_ex(c_ss + lam * eye)
-        if info == 0:
-            sol = torch.cholesky_solve(rhs, chol)
-            if torch.isfinite(sol).all():
-                return sol
-        lam = lam * 10 if lam > 0 else 1e-6 * scale
-    return None
+    try:
+        for _ in range(RIDGE_RETRIES):
+            diag.copy_(original + lam)
+            chol, info = torch.linalg.cholesky_ex(c_ss)
+            if info == 0:
+                sol = torch.cholesky_solve(rhs, chol)
+                if torch.isfinite(sol).all():
+                    return sol
+            del chol
+            lam = lam * 10 if lam > 0 else 1e-6 * scale
+        return None
+    finally:
+        diag.copy_(original)
 
 
 def _linear_with(lin: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
@@ -57,10 +78,13 @@ def _linear_with(lin: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> nn.
 
 
 def reconstruct_oneshot(lin: nn.Linear, keep: list[int], stats: InputStats, method: str,
-                        ridge: float = 1e-3) -> tuple[nn.Linear, str]:
+                        ridge: float = 1e-3, consume: bool = False, intercept: bool = True
+                        ) -> tuple[nn.Linear, str]:
     """Return the pruned Linear (inputs `keep`) repaired by `method`, and the method used.
 
-    `lin` is the dense Linear; `stats` describe its (dense) inputs.
+    `lin` is the dense Linear; `stats` describe its (dense) inputs. `consume`: the
+    covariance is formed in the Gram matrix's own memory (the stats are used up).
+    `intercept` False: no bias is added (uncentred LIAR).
     """
     w = lin.weight.detach().double().cpu()
     b = lin.bias.detach().double().cpu() if lin.bias is not None else None
@@ -74,25 +98,34 @@ def reconstruct_oneshot(lin: nn.Linear, keep: list[int], stats: InputStats, meth
     mu = stats.mean
     used = method
     if method == "liar":
-        c = stats.cov()
-        bmat = ridge_solve(c[keep_t][:, keep_t], c[keep_t][:, drop_t], ridge)
+        c = stats.cov(inplace=consume)
+        if not intercept:
+            c = c.addr_(mu, mu)  # M = C + μμᵀ = E[x xᵀ] (c is this call's own matrix)
+        c_ss, c_sp = c[keep_t[:, None], keep_t[None, :]], c[keep_t[:, None], drop_t[None, :]]
+        del c
+        bmat = ridge_solve(c_ss, c_sp, ridge)
+        del c_ss, c_sp
         if bmat is None:
-            log.warning("LIAR solve ill-conditioned; falling back to bias compensation")
-            used = "bias"
+            used = "bias" if intercept else "none"
+            log.warning(f"LIAR solve ill-conditioned; falling back to {used}")
         else:
             w_s = w_s + w_p @ bmat.T
-            intercept = mu[drop_t] - bmat.T @ mu[keep_t]
+            shift = mu[drop_t] - bmat.T @ mu[keep_t]
+    if not intercept:
+        return _linear_with(lin, w_s, b), used
     if used == "bias":
-        intercept = mu[drop_t]
-    b_new = (b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)) + w_p @ intercept
+        shift = mu[drop_t]
+    b_new = (b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)) + w_p @ shift
     return _linear_with(lin, w_s, b_new), used
 
 
 def reconstruct_cross(lin: nn.Linear, keep: list[int], stats_in: InputStats, cov_in_out: torch.Tensor,
-                      mean_out: torch.Tensor, method: str, ridge: float = 1e-3) -> tuple[nn.Linear, str]:
+                      mean_out: torch.Tensor, method: str, ridge: float = 1e-3, intercept: bool = True
+                      ) -> tuple[nn.Linear, str]:
     """Sequential mode: kept inputs x*_S (stats_in) predict the dense inputs x.
 
-    `cov_in_out` = Cov(x*_S, x) [k, in], `mean_out` = E[x] [in].
+    `cov_in_out` = Cov(x*_S, x) [k, in], `mean_out` = E[x] [in]. `intercept` False:
+    uncentred regression, no bias added.
     """
     w = lin.weight.detach().double().cpu()
     b = lin.bias.detach().double().cpu() if lin.bias is not None else None
@@ -102,6 +135,13 @@ def reconstruct_cross(lin: nn.Linear, keep: list[int], stats_in: InputStats, cov
         return _linear_with(lin, w[:, keep_t], b), method
     mu_in = stats_in.mean
     used = method
+    if method == "liar" and not intercept:  # E[x* x*ᵀ] and E[x*_S xᵀ] from the centred moments
+        bmat = ridge_solve(stats_in.cov() + torch.outer(mu_in, mu_in), cov_in_out + torch.outer(mu_in, mean_out),
+                           ridge)
+        if bmat is not None:
+            return _linear_with(lin, w @ bmat.T, b), used
+        log.warning("LIAR solve ill-conditioned; falling back to none")
+        return _linear_with(lin, w[:, keep_t], b), "none"
     if method == "liar":
         bmat = ridge_solve(stats_in.cov(), cov_in_out, ridge)  # [k, in]
         if bmat is not None:

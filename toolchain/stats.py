@@ -7,6 +7,8 @@ C = G/N − μμᵀ accurate even for channels whose mean dwarfs their spread.
 Products are formed per batch in the activations' dtype (float32 on CPU) and
 added into float64 accumulators: half the cost of float64 products, and the
 per-batch rounding error (~1e-7 relative) is far below the ridge we add later.
+They are formed in column blocks, so no full-size temporary ever sits beside
+the accumulator (a 14336-wide Gram matrix is 1.6 GB in float64).
 """
 
 from __future__ import annotations
@@ -16,6 +18,18 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+
+
+# columns per float32 block product: a 14336-wide input's temporaries are then 14336×2048 float32 +
+# float64 (350 MB); inputs up to 2048 wide (SmolLM2's FFN, a 1B model's hidden size) take one block,
+# so their statistics are the very sums of a whole-matrix product (BLAS sums blocks in another order)
+PRODUCT_BLOCK = 2048
+
+
+def add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += aᵀ b (float64 accumulator, float32 products), one column block at a time."""
+    for j in range(0, b.shape[1], PRODUCT_BLOCK):
+        acc[:, j:j + PRODUCT_BLOCK] += (a.T @ b[:, j:j + PRODUCT_BLOCK]).double()
 
 
 def check_finite(*xs: torch.Tensor) -> None:
@@ -51,12 +65,19 @@ class InputStats:
         m = self.shift
         return self.diag + 2 * m * self.total + self.n * m * m
 
-    def cov(self) -> torch.Tensor:
-        """Covariance C = G/N − μμᵀ (float64, shift-invariant)."""
+    def cov(self, inplace: bool = False) -> torch.Tensor:
+        """Covariance C = G/N − μμᵀ (float64, shift-invariant).
+
+        inplace: turn the Gram matrix itself into C and drop it from these stats, so one
+        layer's statistics are never held twice (the walk's default; shared stats copy).
+        """
         if self.gram is None:
             raise ValueError("covariance needs the full Gram matrix (collected with full=True)")
         mu = self.total / self.n
-        return self.gram / self.n - torch.outer(mu, mu)
+        if not inplace:
+            return self.gram / self.n - torch.outer(mu, mu)
+        c, self.gram = self.gram.div_(self.n).addr_(mu, mu, alpha=-1), None
+        return c
 
 
 class StatsAccumulator:
@@ -79,7 +100,7 @@ class StatsAccumulator:
             self.total = torch.zeros(dim, **kw)
         xc = x - self.shift.to(x.dtype)
         if self.full:
-            self.gram += (xc.T @ xc).double()
+            add_product(self.gram, xc, xc)
         self.diag += (xc * xc).sum(0).double()
         self.total += xc.sum(0).double()
         self.n += x.shape[0]
@@ -105,7 +126,7 @@ class CrossAccumulator:
         if self.cross is None:
             self.cross = torch.zeros(a2.shape[1], b2.shape[1], dtype=torch.float64, device=a2.device)
             self.b_total = torch.zeros(b2.shape[1], dtype=torch.float64, device=a2.device)
-        self.cross += (ac.T @ b2).double()
+        add_product(self.cross, ac, b2)
         self.b_total += b2.sum(0).double()
 
     def result(self) -> tuple[InputStats, torch.Tensor, torch.Tensor]:

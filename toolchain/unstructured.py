@@ -1,11 +1,11 @@
 """Unstructured and 2:4 sparsity: zero weights in place, shapes unchanged.
 
-The walk goes decoder layer by decoder layer (one layer on the device, hidden
-states on the CPU, micro-batched like the structured pipeline). Inside a layer
-the operators are pruned in data-flow order, each stage fed the outputs of the
-stages already pruned before it (intra-layer error correction):
+A stage of the layer walk (toolchain.walk: one layer on the device, hidden
+states on the CPU). Inside a layer the operators are pruned in data-flow order
+(the family's `stages`), each fed the outputs of the operators already pruned
+before it (intra-layer error correction):
 
-    q/k/v  →  o_proj  →  gate/up  →  down_proj
+    q/k/v (or fused qkv)  →  o_proj  →  gate/up (or gate_up)  →  down_proj
 
 X* (an operator's inputs in the model being pruned) is captured from the
 pruned stream; X (its inputs in the dense model, the regression target for
@@ -17,7 +17,9 @@ before it, so the walk is sequential by construction.
 Criteria (the mask, and FISTA's warm start), per output row as in Wanda:
     magnitude  |W_ij|
     wanda      |W_ij| · ‖x*_j‖
-Reconstruction: `fista` (toolchain.fista) or `none` (the criterion's mask on W).
+    sparsegpt  OBS saliency with column-by-column weight updates (toolchain.sparsegpt,
+               from the full E[x* x*ᵀ]); its updated weights are the warm start
+Reconstruction: `fista` (toolchain.fista) or `none` (the criterion's result as it is).
 """
 
 from __future__ import annotations
@@ -25,54 +27,44 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict
-from typing import Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .errors import LiarError, UserError
 from .fista import keep_mask, solve
-from .pipeline import LayerRunner
-from .stats import check_finite
+from .models import Model
 from .recipe import SparsityOptions
-
-STAGES: tuple[tuple[str, ...], ...] = (
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    ("self_attn.o_proj",),
-    ("mlp.gate_proj", "mlp.up_proj"),
-    ("mlp.down_proj",),
-)
-
-
-def sparse_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
-    """Every Linear this module zeroes, in walk order: (name inside its decoder layer, module)."""
-    for layer in model.model.layers:
-        for stage in STAGES:
-            for name in stage:
-                yield name, layer.get_submodule(name)
+from .sparsegpt import sparsegpt
+from .stats import check_finite
+from .walk import Runner, Sink, Step, walk
 
 
 class PairGram:
-    """E[x* x*ᵀ], E[x x*ᵀ], E[x xᵀ] over token-aligned batches (float64 sums);
-    with full=False only diag E[x* x*ᵀ] (all Wanda needs)."""
+    """E[x* x*ᵀ], E[x x*ᵀ], E[x xᵀ] over token-aligned batches (float64 sums).
 
-    def __init__(self, full: bool) -> None:
-        self.full, self.n = full, 0
+    full=False: only diag E[x* x*ᵀ] (all Wanda needs); full=True: E[x* x*ᵀ] (SparseGPT), and
+    with pair=True the dense-stream moments too (FISTA's regression target)."""
+
+    def __init__(self, full: bool, pair: bool | None = None) -> None:
+        self.full, self.pair, self.n = full, full if pair is None else pair, 0
         self.h = self.c = self.g = self.diag = None
 
     def add(self, xs: torch.Tensor, x: torch.Tensor | None) -> None:
         xs = xs.detach().reshape(-1, xs.shape[-1])
         check_finite(xs, *([] if x is None else [x]))
         if self.diag is None:
-            self.diag = torch.zeros(xs.shape[1], dtype=torch.float64, device=xs.device)
-            if self.full:
-                self.h, self.c, self.g = (torch.zeros(xs.shape[1], xs.shape[1], dtype=torch.float64,
-                                                      device=xs.device) for _ in range(3))
+            width = xs.shape[1]
+            zeros = lambda: torch.zeros(width, width, dtype=torch.float64, device=xs.device)  # noqa: E731
+            self.diag = torch.zeros(width, dtype=torch.float64, device=xs.device)
+            self.h = zeros() if self.full else None
+            if self.pair:
+                self.c, self.g = zeros(), zeros()
         self.diag += (xs * xs).sum(0).double()
         if self.full:
-            x = x.detach().reshape(-1, x.shape[-1])
             self.h += (xs.T @ xs).double()
+        if self.pair:
+            x = x.detach().reshape(-1, x.shape[-1])
             self.c += (x.T @ xs).double()
             self.g += (x.T @ x).double()
         self.n += xs.shape[0]
@@ -90,45 +82,66 @@ def criterion_mask(w: torch.Tensor, norms: torch.Tensor | None, opts: SparsityOp
     return keep_mask(score, opts.pattern, opts.sparsity)
 
 
-class _Walk:
-    def __init__(self, model: nn.Module, calib_ids: torch.Tensor, opts: SparsityOptions,
-                 device: torch.device) -> None:
-        if opts.pattern == "2:4":  # before any calibration work
-            for name, lin in sparse_linears(model):
-                if lin.in_features % 4:
-                    raise UserError(f"{name} has {lin.in_features} inputs, not a multiple of 4: "
-                                    "use --pattern unstructured")
-        self.opts, self.device = opts, device
-        self.layers = model.model.layers
-        self.full = opts.reconstruct == "fista"
-        self.needs_data = self.full or opts.criterion == "wanda"
-        self.runner = LayerRunner(model, calib_ids, device, opts.batch_size) if self.needs_data else None
+def warm_start(w: torch.Tensor, acc: PairGram | None, opts: SparsityOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, mask) the criterion gives: W ⊙ mask, or SparseGPT's updated weights."""
+    if opts.criterion == "sparsegpt":
+        return sparsegpt(w, acc.h / acc.n, opts.pattern, opts.sparsity)
+    mask = criterion_mask(w, acc.norms() if acc is not None else None, opts)
+    return w * mask, mask
 
-    def _stage_stats(self, first: str, layer: nn.Module, hidden: torch.Tensor,
-                     dense_layer: nn.Module | None, dense_hidden: torch.Tensor | None) -> PairGram:
+
+def relative_error(new: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
+    """‖(W* − W) X*‖² / ‖W X*‖² from H = E[x* x*ᵀ] (SparseGPT's own objective)."""
+    delta, w, h = (new - w).double(), w.double(), h.to(w.device, torch.float64)
+    return float(((delta @ h) * delta).sum() / ((w @ h) * w).sum().clamp_min(1e-30))
+
+
+def check_pattern(model: Model, opts: SparsityOptions) -> None:
+    """2:4 needs every pruned operator's input width to be a multiple of 4 (checked from shapes)."""
+    if opts.pattern != "2:4":
+        return
+    for i in range(model.num_layers):
+        for name in model.family.linears():
+            width = model.weights.shape(f"{model.layer_prefix(i)}{name}.weight")[1]
+            if width % 4:
+                raise UserError(f"{name} has {width} inputs, not a multiple of 4: use --pattern unstructured")
+
+
+class Sparsify:
+    """The walk stage: zero weights of one layer's operators, stage by stage."""
+
+    def __init__(self, model: Model, opts: SparsityOptions):
+        self.model, self.family, self.opts = model, model.family, opts
+        self.full = opts.reconstruct == "fista"  # both streams (FISTA's target is the dense model)
+        self.hessian = self.full or opts.criterion == "sparsegpt"
+        self.needs_data = self.hessian or opts.criterion == "wanda"
+
+    def _stage_stats(self, runner: Runner, s: Step, first: str, dense_layer: nn.Module | None) -> PairGram:
         """Inputs of `first` (pruned stream; dense stream too when reconstructing)."""
-        acc = PairGram(self.full)
-        streams = [("xs", layer.get_submodule(first), layer, hidden)]
+        acc = PairGram(self.hessian, self.full)
+        streams = [("xs", s.layer.get_submodule(first), s.layer, s.pruned_in)]
         if self.full:
-            streams.append(("x", dense_layer.get_submodule(first), dense_layer, dense_hidden))
-        for got in self.runner.module_inputs(streams):
+            streams.append(("x", dense_layer.get_submodule(first), dense_layer, s.dense_in))
+        for got in runner.module_inputs(s.index, streams):
             acc.add(got["xs"], got.get("x"))
         return acc
 
-    def _stage(self, stage: tuple[str, ...], layer: nn.Module, acc: PairGram | None) -> dict:
+    def _stage(self, stage: tuple[str, ...], layer: nn.Module, acc: PairGram | None, device) -> dict:
         """Prune (and reconstruct) the operators of one stage in place."""
         lins = [layer.get_submodule(n) for n in stage]
-        w = torch.cat([lin.weight.detach().to(self.device, torch.float32) for lin in lins])
-        mask0 = criterion_mask(w, acc.norms() if acc is not None else None, self.opts)
+        w = torch.cat([lin.weight.detach().to(device, torch.float32) for lin in lins])
+        w0, mask0 = warm_start(w, acc, self.opts)
         info: dict = {"operators": [n.split(".")[-1] for n in stage]}
         if self.full:
-            res = solve(w, *acc.moments(), mask0, self.opts.pattern, self.opts.sparsity, self.opts.fista())
+            res = solve(w, *acc.moments(), mask0, self.opts.pattern, self.opts.sparsity, self.opts.fista(), w0=w0)
             new = res.weight
             info.update(lambda_median=float(res.lam[res.lam > 0].median()) if (res.lam > 0).any() else 0.0,
                         iterations=res.iterations, err_before=res.err_before, err_after=res.err_after,
                         warm_start_rows=res.warm_start_rows, rows=w.shape[0])
         else:
-            new = w * mask0
+            new = w0
+            if acc is not None and acc.h is not None:
+                info["err"] = relative_error(new, w, acc.h / acc.n)
         if not torch.isfinite(new).all():
             raise LiarError(f"non-finite weights after pruning {', '.join(stage)}")
         with torch.no_grad():
@@ -138,45 +151,39 @@ class _Walk:
         info["numel"] = new.numel()
         return info
 
-    def run(self, progress: bool) -> list[dict]:
-        hidden = dense_hidden = self.runner.hidden if self.runner else None
-        out = []
-        bar = tqdm(range(len(self.layers)), desc=f"sparsify {self.opts.pattern}", unit="layer",
-                   disable=not progress, leave=False)
-        for i in bar:
-            start = time.perf_counter()
-            layer = self.layers[i].to(self.device)
-            dense_layer = copy.deepcopy(layer) if self.full else None
+    def __call__(self, steps: list[Step], runner: Runner) -> None:
+        for s in steps:
+            dense_layer = copy.deepcopy(s.layer) if self.full else None
             stages = []
-            for stage in STAGES:
-                acc = (self._stage_stats(stage[0], layer, hidden, dense_layer, dense_hidden)
-                       if self.needs_data else None)
-                stages.append(self._stage(stage, layer, acc))
-            if self.needs_data and i + 1 < len(self.layers):
-                hidden = self.runner.run(layer, hidden)
+            for stage in self.family.stages():
+                acc = self._stage_stats(runner, s, stage[0], dense_layer) if self.needs_data else None
+                stages.append(self._stage(stage, s.layer, acc, runner.device))
+            if self.needs_data and s.index + 1 < self.model.num_layers:
+                s.pruned_out = runner.run(s.index, s.layer, s.pruned_in)
                 if self.full:
-                    dense_hidden = self.runner.run(dense_layer, dense_hidden)
-            self.layers[i].to("cpu")
+                    s.dense_out = runner.run(s.index, dense_layer, s.dense_in)
             del dense_layer
-            zeros, numel = sum(s["zeros"] for s in stages), sum(s["numel"] for s in stages)
-            out.append({"layer": i, "sparsity": zeros / numel, "stages": stages,
-                        "seconds": time.perf_counter() - start})
-            bar.set_postfix(sparsity=f"{zeros / numel:.3f}")
-        return out
+            zeros, numel = sum(st["zeros"] for st in stages), sum(st["numel"] for st in stages)
+            s.report.update(sparsity=zeros / numel, stages=stages)
 
 
-def sparsify(model: nn.Module, calib_ids: torch.Tensor, opts: SparsityOptions, device: torch.device,
-             progress: bool = True) -> dict:
-    """Zero weights of every decoder-layer Linear in place (embeddings and LM head stay dense).
+def sparsify(model: Model, calib_ids: torch.Tensor, opts: SparsityOptions, device: torch.device,
+             sink: Sink | None, progress: bool = True) -> dict:
+    """Zero weights of every layer's Linears, handing each finished layer to `sink`
+    (embeddings and LM head stay dense).
 
     Returns {"options", "sparsity" (over the pruned Linears), "seconds", "layers": per layer
     {"layer", "sparsity", "seconds", "stages": [{"operators", "zeros", "numel"} + with fista
-    "lambda_median", "iterations", "err_before", "err_after" (relative, on calibration data),
-    "warm_start_rows", "rows"]}]}."""
+    "lambda_median", "iterations", "err_before", "err_after" (relative to the dense model's
+    outputs, on calibration data), "warm_start_rows", "rows"; with sparsegpt alone "err"
+    (relative, on the pruned stream's calibration inputs)]}]}."""
     opts.validate()
+    check_pattern(model, opts)
     start = time.perf_counter()
-    layers = _Walk(model, calib_ids, opts, device).run(progress)
-    zeros = sum(s["zeros"] for lay in layers for s in lay["stages"])
-    numel = sum(s["numel"] for lay in layers for s in lay["stages"])
+    stage = Sparsify(model, opts)
+    runner = Runner(model, calib_ids, device, opts.batch_size)
+    layers = walk(model, runner, stage, sink, f"sparsify {opts.pattern}", progress=progress)
+    zeros = sum(st["zeros"] for lay in layers for st in lay["stages"])
+    numel = sum(st["numel"] for lay in layers for st in lay["stages"])
     return {"options": asdict(opts), "sparsity": zeros / numel, "seconds": time.perf_counter() - start,
             "layers": layers}

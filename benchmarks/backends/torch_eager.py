@@ -14,18 +14,18 @@ from toolchain.errors import UserError
 class TorchBackend:
     def __init__(self, path: Path, device: str, threads: int, n_ctx: int, for_logits: bool):
         self.path, self.device, self.threads = path, device, threads
-        self.loaded = self.past = None
+        self.model = self.tokenizer = self.past = None
 
     def load(self) -> None:
         import torch
 
-        from toolchain.models import load_model
+        from toolchain.models import open_model
 
         torch.set_num_threads(self.threads)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: this PyTorch has no CUDA; install a CUDA build or use --device cpu")
-        self.loaded = load_model(str(self.path))
-        self.loaded.model.to(self.device)
+        opened = open_model(str(self.path))
+        self.model, self.tokenizer = opened.module().to(self.device), opened.tokenizer
         self._sync()
 
     def _sync(self) -> None:
@@ -37,16 +37,18 @@ class TorchBackend:
     def _forward(self, ids: Sequence[int], past=None):
         import torch
 
+        from toolchain.models import cache_keyword
+
         with torch.no_grad():
             x = torch.tensor([list(ids)], device=self.device)
-            out = self.loaded.model(x, past_key_values=past, use_cache=True)
+            out = self.model(x, use_cache=True, **{cache_keyword(self.model): past})
         self._sync()
         return out
 
     def tokenize(self, text: str) -> list[int]:
         from toolchain.perplexity import encode
 
-        return encode(self.loaded.tokenizer, text)
+        return encode(self.tokenizer, text)
 
     def prefill(self, ids: Sequence[int]) -> int:
         out = self._forward(ids)
@@ -63,7 +65,7 @@ class TorchBackend:
 
         with torch.no_grad():
             x = torch.tensor([list(window)], device=self.device)
-            return self.loaded.model(x, use_cache=False).logits[0].float().cpu().numpy()
+            return self.model(x, use_cache=False).logits[0].float().cpu().numpy()
 
     def peak_gpu_bytes(self) -> int | None:
         import torch

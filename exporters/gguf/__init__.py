@@ -2,7 +2,7 @@
 llama.cpp loads, quantises and runs, verified against PyTorch.
 
     from exporters.gguf import export_gguf, QUANTS, DEFAULT_QUANT
-    summary = export_gguf(loaded, "model.gguf", quant="q8_0")
+    summary = export_gguf(model, "model.gguf", quant="q8_0")   # model: toolchain.models.Model
 
 Modules: quants (types and tolerances), hparams (llama/deci and `{arch}.*`
 keys), tensors (names, rope permutation), tokenizer, metadata (`general.*`),

@@ -1,10 +1,9 @@
-"""Architecture choice and model hyper-parameters in llama.cpp's terms.
+"""Model hyper-parameters in llama.cpp's terms (`{arch}.*` keys).
 
-llama.cpp's `llama` architecture builds every layer from layer 0's widths, so
-a model whose layers differ is written as `deci` (Nemotron-51B's
-architecture), which reads per-layer arrays for head counts and FFN length
-everywhere and uses the same tensor names. Head size and rope dimensions are
-always written explicitly: `deci` would otherwise derive them from layer 0.
+Width keys are scalars for uniform widths and per-layer arrays otherwise (only the
+per-layer architectures, deci, are given arrays: toolchain.gguf_names.choose_arch).
+Head size and rope dimensions are always written explicitly: llama.cpp would
+otherwise derive them from layer 0's head count (docs/DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -14,43 +13,15 @@ import math
 import gguf
 
 from toolchain.errors import UserError
-from toolchain.models import model_dims
-from toolchain.surgery import layer_widths
+from toolchain.families import GGUFArch
+from toolchain.models import Model
 
-
-def per_layer_widths(model) -> dict[str, list[int]]:
-    """Plain-int lists (the gguf writer rejects numpy ints) of kept widths per layer."""
-    widths = layer_widths(model)
-    return {"head_count": [int(w["num_attention_heads"]) for w in widths],
-            "head_count_kv": [int(w["num_key_value_heads"]) for w in widths],
-            "feed_forward_length": [int(w["intermediate_size"]) for w in widths]}
-
-
-def check_widths(widths: dict[str, list[int]]) -> None:
-    """Refuse layers llama.cpp cannot run correctly (DESIGN.md §5 traps).
-
-    The compression stage never produces them (PruningPlan.validate); this
-    guards hand-edited checkpoints.
-    """
-    for i, (nh, nkv, ff) in enumerate(zip(widths["head_count"], widths["head_count_kv"],
-                                          widths["feed_forward_length"])):
-        if nh < 1 or nkv < 1 or ff < 1:
-            raise UserError(f"layer {i} keeps {nh} heads, {nkv} KV heads and {ff} FFN channels: "
-                            "llama.cpp needs at least one of each per layer (lower --sparsity)")
-        if nh % nkv:
-            raise UserError(f"layer {i} has {nh} query heads for {nkv} KV heads: "
-                            "llama.cpp needs n_head % n_head_kv == 0")
-
-
-def architecture(widths: dict[str, list[int]]) -> str:
-    """`llama` when every layer has the same widths, else `deci`."""
-    uniform = all(len(set(v)) == 1 for v in widths.values())
-    return "llama" if uniform else "deci"
-
-
-def rope_parameters(config) -> dict:
-    """The rope settings dict, whichever attribute this transformers version uses."""
+def rope_parameters(config, layer_type: str = "full_attention") -> dict:
+    """The rope settings dict, whichever attribute this transformers version uses
+    (per layer type where the config has one per type, as Gemma 3)."""
     params = dict(getattr(config, "rope_parameters", None) or {})
+    if isinstance(params.get(layer_type), dict):
+        params = dict(params[layer_type])
     if "rope_theta" not in params and hasattr(config, "rope_theta"):
         params["rope_theta"] = config.rope_theta
     legacy = getattr(config, "rope_scaling", None)
@@ -80,21 +51,26 @@ def llama3_rope_factors(params: dict, head_dim: int) -> list[float]:
     return factors
 
 
-def add_hparams(writer: gguf.GGUFWriter, model, arch: str, widths: dict[str, list[int]]) -> None:
-    """Write `{arch}.*` keys: scalars for `llama`, per-layer arrays for `deci`."""
-    config = model.config
-    dims = model_dims(config)
+def rotary_dims(config, head_dim: int) -> int:
+    """Dimensions of each head that rope rotates (Phi-4-mini rotates 3/4 of them)."""
+    return int(rope_parameters(config).get("partial_rotary_factor", 1.0) * head_dim)
+
+
+def add_hparams(writer: gguf.GGUFWriter, model: Model, arch: GGUFArch) -> None:
+    """Write `{arch}.*` keys: scalars for uniform widths, per-layer arrays otherwise."""
+    config, widths = model.config, model.widths
+    dims = model.dims
     head_dim = dims["head_dim"]
-    pick = (lambda v: v[0]) if arch == "llama" else list
-    writer.add_block_count(dims["num_layers"])
+    pick = (lambda v: v[0]) if not arch.per_layer else list
+    writer.add_block_count(len(widths))
     writer.add_context_length(int(config.max_position_embeddings))
     writer.add_embedding_length(dims["hidden_size"])
-    writer.add_feed_forward_length(pick(widths["feed_forward_length"]))
-    writer.add_head_count(pick(widths["head_count"]))
-    writer.add_head_count_kv(pick(widths["head_count_kv"]))
+    writer.add_feed_forward_length(pick(widths.column("intermediate_size")))
+    writer.add_head_count(pick(widths.column("num_attention_heads")))
+    writer.add_head_count_kv(pick(widths.column("num_key_value_heads")))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(rotary_dims(config, head_dim))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(int(config.vocab_size))
     params = rope_parameters(config)
@@ -106,3 +82,23 @@ def add_hparams(writer: gguf.GGUFWriter, model, arch: str, widths: dict[str, lis
     elif rope_type not in ("default", "llama3"):  # llama3 travels as the rope_freqs tensor
         raise UserError(f"rope type {rope_type!r} is not supported by the GGUF exporter "
                         "(supported: default, linear, llama3)")
+    EXTRA_KEYS.get(arch.name, lambda w, m: None)(writer, model)
+
+
+def _gemma3_keys(writer: gguf.GGUFWriter, model: Model) -> None:
+    """Sliding-window layers (an explicit per-layer pattern: llama.cpp's default is every 6th
+    layer global), their own rope base, and the optional final soft-cap."""
+    config = model.config
+    types = [model.family.layer_type(config, i) for i in range(model.num_layers)]
+    if "sliding_attention" in types:
+        writer.add_sliding_window(int(config.sliding_window))
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+        writer.add_rope_freq_base_swa(float(rope_parameters(config, "sliding_attention").get("rope_theta", 10000.0)))
+    if getattr(config, "final_logit_softcapping", None):
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+    if getattr(config, "attn_logit_softcapping", None):
+        raise UserError("llama.cpp's gemma3 architecture has no attention soft-capping "
+                        "(attn_logit_softcapping is set in this config)")
+
+
+EXTRA_KEYS = {"gemma3": _gemma3_keys}

@@ -13,9 +13,9 @@ from pathlib import Path
 import gguf
 
 from toolchain import __version__
-from toolchain.models import model_dims
+from toolchain.models import Model
 
-from .layout import GGUFLayout
+from toolchain.gguf_layout import GGUFLayout
 
 RECIPE_KEY = "general.liar_export.recipe"
 VERSION_KEY = "general.liar_export.version"
@@ -26,9 +26,9 @@ def _field(source: GGUFLayout | None, key: str) -> str | None:
     return str(field[2]) if field is not None else None
 
 
-def base_model(loaded, source: GGUFLayout | None) -> dict:
+def base_model(model: Model, source: GGUFLayout | None) -> dict:
     """{"name", "organization"?, "repo_url"?} of the dense model this came from."""
-    src = loaded.source
+    src = model.source
     if src.get("kind") == "checkpoint":
         src = src.get("base") or {}
     info: dict = {"name": _field(source, "general.name")}
@@ -37,17 +37,9 @@ def base_model(loaded, source: GGUFLayout | None) -> dict:
     if src.get("kind") == "hub":
         info["repo_url"] = f"https://huggingface.co/{src['path']}"
     if not info["name"]:
-        path = src.get("path") or getattr(loaded.model.config, "_name_or_path", "") or "model"
+        path = src.get("path") or getattr(model.config, "_name_or_path", "") or "model"
         info["name"] = src["path"] if src.get("kind") == "hub" else Path(path).stem
     return info
-
-
-def is_pruned(model, widths: dict[str, list[int]]) -> bool:
-    """True when any layer is narrower than the dense configuration."""
-    dims = model_dims(model.config)
-    dense = {"head_count": dims["num_heads"], "head_count_kv": dims["num_kv_heads"],
-             "feed_forward_length": dims["intermediate_size"]}
-    return any(v != dense[k] for k, vals in widths.items() for v in vals)
 
 
 def add_general(writer: gguf.GGUFWriter, base: dict, pruned: bool, recipe: dict | None,

@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Iterator
 
-from .layout import read_layout
-from .quants import QuantSpec
+from toolchain.gguf_layout import read_layout
+from .quants import FLOAT_ONLY, QuantSpec
 
 
 @contextlib.contextmanager
@@ -72,17 +72,28 @@ def inspect_types(path: Path, spec: QuantSpec) -> tuple[dict[str, int], list[dic
     fallbacks = []
     for t in tensors:
         row = t.shape[0]
-        if len(t.shape) >= 2 and t.type != spec.ggml_type and row % spec.block:
+        if len(t.shape) >= 2 and t.type != spec.ggml_type and row % spec.block and t.name not in FLOAT_ONLY:
             fallbacks.append({"tensor": t.name, "requested": spec.ggml_type.name,
                               "used": t.type.name, "row": row})
     return dict(Counter(t.type.name for t in tensors)), fallbacks
 
 
+def group_fallbacks(fallbacks: list[dict]) -> list[dict]:
+    """Fallbacks counted per (requested → used type, row length), with one example tensor each:
+    what a reader needs (a per-tensor list runs to hundreds of lines on a pruned model)."""
+    groups: dict[tuple, dict] = {}
+    for f in fallbacks:
+        key = (f["requested"], f["used"], f["row"])
+        if key not in groups:
+            groups[key] = {"requested": f["requested"], "used": f["used"], "row": f["row"], "count": 0,
+                           "example": f["tensor"]}
+        groups[key]["count"] += 1
+    return [groups[k] for k in sorted(groups)]
+
+
 def report_fallbacks(fallbacks: list[dict], spec: QuantSpec) -> None:
     """One stderr line per (used type, row length) group."""
-    groups = Counter((f["used"], f["row"]) for f in fallbacks)
-    for (used, row), n in sorted(groups.items()):
-        example = next(f["tensor"] for f in fallbacks if (f["used"], f["row"]) == (used, row))
-        print(f"quantisation fallback: {n} tensor(s) with rows of {row} (not a multiple of "
-              f"{spec.block}) stored as {used} instead of {spec.ggml_type.name}, e.g. {example}",
+    for g in group_fallbacks(fallbacks):
+        print(f"quantisation fallback: {g['count']} tensor(s) with rows of {g['row']} (not a multiple of "
+              f"{spec.block}) stored as {g['used']} instead of {g['requested']}, e.g. {g['example']}",
               file=sys.stderr)

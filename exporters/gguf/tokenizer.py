@@ -18,7 +18,7 @@ import gguf
 
 from toolchain.errors import UserError
 
-from .layout import GGUFLayout
+from toolchain.gguf_layout import GGUFLayout
 
 # Split regexes of the byte-level BPE families llama.cpp names (from their tokenizer.json).
 _SPLIT_PRE = {

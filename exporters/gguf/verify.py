@@ -14,19 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.models import LoadedModel
-from toolchain.perplexity import encode, token_windows, torch_logits_fn, window_nll
+from toolchain.models import Model
+from toolchain.perplexity import encode, token_windows, window_nll
+from toolchain.reference import ReferenceLogits
 
 from ..llamacpp import llama_logits_fn, llama_tokenize, open_llama
 from .quants import QuantSpec
 
 
-def compare_logits(loaded: LoadedModel, path: Path, text: str, seqlen: int, max_windows: int,
+def compare_logits(model: Model, path: Path, text: str, seqlen: int, max_windows: int,
                    n_threads: int | None = None) -> dict:
     """max |Δlogit|, top-1 agreement and both perplexities on `text`."""
-    ids = encode(loaded.tokenizer, text)
+    ids = encode(model.tokenizer, text)
     windows = token_windows(ids, seqlen, max_windows)
-    torch_fn = torch_logits_fn(loaded.model)
+    torch_fn = ReferenceLogits(model, windows)
     llm = open_llama(path, n_ctx=seqlen, n_threads=n_threads)
     try:
         llama_fn = llama_logits_fn(llm)
@@ -76,10 +77,10 @@ def judge(result: dict, spec: QuantSpec, tokenizer_built: bool) -> list[str]:
     return reasons
 
 
-def verify_gguf(loaded: LoadedModel, path: Path, spec: QuantSpec, text: str, seqlen: int, max_windows: int,
+def verify_gguf(model: Model, path: Path, spec: QuantSpec, text: str, seqlen: int, max_windows: int,
                 tokenizer_built: bool, n_threads: int | None = None) -> dict:
     """compare_logits + the verdict: adds `passed`, `failures` and the tolerances used."""
-    result = compare_logits(loaded, path, text, seqlen, max_windows, n_threads)
+    result = compare_logits(model, path, text, seqlen, max_windows, n_threads)
     failures = judge(result, spec, tokenizer_built)
     if not result["tokenizer_match"] and not tokenizer_built:
         print(f"note: llama.cpp tokenises the verification text into {result['tokens_llamacpp']} "

@@ -5,6 +5,7 @@ Layout of OUT/:
                         `export_onnx(..., "OUT/other.onnx")` names it other.onnx
     io.json             inputs / outputs, per-layer KV heads and widths, quant,
                         source, plan / recipe, verification numbers
+    genai_config.json   what onnxruntime-genai's og.Model(OUT) reads (genai.py)
     tokenizer files     tokenizer.json, tokenizer_config.json, ...
 The directory only appears once export, quantisation and verification have
 all succeeded, so a directory that exists is a finished, verified artifact.
@@ -12,6 +13,7 @@ all succeeded, so a directory that exists is a finished, verified artifact.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -22,16 +24,16 @@ import torch
 
 from toolchain.atomic import atomic_path
 from toolchain.errors import UserError
-from toolchain.models import LoadedModel
+from toolchain.models import Model
 from toolchain.perplexity import encode, token_windows
-from toolchain.surgery import layer_widths
 from toolchain.texts import heldout_text
 
 from . import iospec
+from .genai import write_genai_config
 from .quantize import ONNX_QUANTS, quantize
 from .runtime import OnnxDecoder
 from .verify import verify as run_verification
-from .wrapper import head_dim, kv_heads, trace_to_onnx
+from .wrapper import trace_to_onnx
 
 PROTOBUF_LIMIT = 2 * 1024**3
 # Protobuf overhead (graph, shapes) rides on top of the weights: switch early.
@@ -51,7 +53,7 @@ def _target(out_path: Path) -> tuple[Path, str]:
     return out_path, iospec.MODEL_FILE
 
 
-def _check_args(loaded: LoadedModel, out_dir: Path, quant: str) -> None:
+def _check_args(out_dir: Path, quant: str) -> None:
     if quant not in ONNX_QUANTS:
         raise UserError(f"unknown ONNX quantisation {quant!r}: choose one of {', '.join(ONNX_QUANTS)}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -59,45 +61,48 @@ def _check_args(loaded: LoadedModel, out_dir: Path, quant: str) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / iospec.IO_FILE).is_file():
         raise UserError(f"ONNX output directory {out_dir} is not empty and holds no earlier export "
                         "(no io.json): choose a new directory, it is replaced as a whole")
-    dtype = next(loaded.model.parameters()).dtype
-    if dtype != torch.float32:
-        raise UserError(f"ONNX export needs the model in float32 (it is {dtype}); load it with "
-                        "dtype=torch.float32")
 
 
-def _io_json(loaded: LoadedModel, name: str, quant: str, external: bool, recipe: dict | None) -> dict:
-    model, cfg = loaded.model, loaded.model.config
-    kv = kv_heads(model)
+def float32_module(model: Model) -> torch.nn.Module:
+    """The whole model in float32 (the graph's weights and the verification reference)."""
+    module = model.module()
+    if next(module.parameters()).dtype != torch.float32:
+        module = copy.deepcopy(module).float()
+    return module.eval()
+
+
+def _io_json(model: Model, name: str, quant: str, external: bool, recipe: dict | None) -> dict:
+    cfg, kv, d = model.config, model.widths.column("num_key_value_heads"), model.dims["head_dim"]
     return {"format": iospec.FORMAT, "version": iospec.FORMAT_VERSION,
             "model_file": name, "external_data": f"{name}.data" if external else None,
             "quant": quant, "dtype": "float32", "model_type": cfg.model_type,
-            "num_layers": len(kv), "head_dim": head_dim(model), "hidden_size": cfg.hidden_size,
+            "num_layers": len(kv), "head_dim": d, "hidden_size": cfg.hidden_size,
             "vocab_size": cfg.vocab_size, "rope_theta": getattr(cfg, "rope_theta", None),
             "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
             "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
             "pad_token_id": getattr(cfg, "pad_token_id", None),
-            "layers": layer_widths(model),
-            **iospec.describe(kv, head_dim(model), cfg.vocab_size),
-            "source": loaded.source, "plan": loaded.meta.get("plan"),
-            "recipe": recipe if recipe is not None else loaded.meta.get("recipe")}
+            "layers": model.widths.to_json(),
+            **iospec.describe(kv, d, cfg.vocab_size),
+            "source": model.source, "plan": model.meta.get("plan"),
+            "recipe": recipe if recipe is not None else model.meta.get("recipe")}
 
 
 def _sizes(out_dir: Path) -> dict:
     return {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
 
 
-def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe: dict | None = None,
+def export_onnx(model: Model, out_path: Path, quant: str = "none", recipe: dict | None = None,
                 verify: bool = True, verify_text: str | None = None, verify_seqlen: int = 256,
                 progress: bool = True, verify_windows: int = VERIFY_WINDOWS,
                 float_onnx: Path | None = None) -> dict:
-    """Export `loaded` to the directory `out_path` (model.onnx, io.json, tokenizer files).
+    """Export `model` to the directory `out_path` (model.onnx, io.json, tokenizer files).
 
     `out_path` is either that directory or the .onnx file inside it (`OUT/model.onnx`);
     the whole directory is written atomically and replaces an earlier export there.
 
     `float_onnx`: an fp32 export of this same model (export_onnx(..., quant="none"))
     to quantise instead of tracing again (tracing is the slow part); verification
-    still compares against `loaded.model`, so a graph of another model fails it.
+    still compares against `model`, so a graph of another model fails it.
 
     Returns a summary: paths, bytes, quant and (when `verify`) the verification
     numbers. Raises UserError on bad arguments and VerificationError when the
@@ -105,14 +110,14 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
     `out_path`.
     """
     out_dir, name = _target(Path(out_path))
-    _check_args(loaded, out_dir, quant)
-    model = loaded.model.eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    _check_args(out_dir, quant)
+    module = float32_module(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weight_bytes > EXTERNAL_DATA_ABOVE
-    kv = kv_heads(model)
+    kv = model.widths.column("num_key_value_heads")
     ids: list[int] = []
     if verify:  # a text too short for one window is bad input: say so before the slow part
-        ids = encode(loaded.tokenizer, verify_text if verify_text is not None else heldout_text())
+        ids = encode(model.tokenizer, verify_text if verify_text is not None else heldout_text())
         token_windows(ids, verify_seqlen, 1)
     t0 = time.perf_counter()
     with atomic_path(out_dir, is_dir=True) as tmp:
@@ -120,7 +125,7 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
 
         def trace(f: Path) -> None:
             _log(progress, t0, f"tracing {len(kv)} layers (KV heads {kv}) to ONNX")
-            trace_to_onnx(model, f, external)
+            trace_to_onnx(module, f, external, kv, model.dims["head_dim"])
 
         if quant == "none":
             trace(onnx_file)
@@ -132,16 +137,17 @@ def export_onnx(loaded: LoadedModel, out_path: Path, quant: str = "none", recipe
             _log(progress, t0, f"quantising weights to {quant}")
             quantize(src, onnx_file, quant, external)
             shutil.rmtree(tmp / ".float", ignore_errors=True)
-        loaded.tokenizer.save_pretrained(tmp)
-        io = _io_json(loaded, name, quant, external, recipe)
+        model.tokenizer.save_pretrained(tmp)
+        io = _io_json(model, name, quant, external, recipe)
         summary: dict = {"format": "onnx", "quant": quant, "external_data": external}
         if verify:
             _log(progress, t0, f"verifying against PyTorch (seqlen {verify_seqlen}, "
                            f"{verify_windows} windows)")
-            summary["verification"] = run_verification(model, OnnxDecoder(onnx_file), ids, quant,
+            summary["verification"] = run_verification(module, OnnxDecoder(onnx_file), ids, quant,
                                                        verify_seqlen, verify_windows)
             io["verification"] = summary["verification"]
         (tmp / iospec.IO_FILE).write_text(json.dumps(io, indent=1, default=str) + "\n")
+        write_genai_config(tmp, io)
         files = _sizes(tmp)
     summary.update(path=str(out_dir / name), dir=str(out_dir),
                    io_json=str(out_dir / iospec.IO_FILE), files=files,

@@ -19,7 +19,8 @@ import io
 import logging
 from pathlib import Path
 
-ONNX_QUANTS = ("none", "int8", "int4")
+from toolchain.recipe import ONNX_QUANTS
+
 BITS = {"int8": 8, "int4": 4}
 BLOCK_SIZE = 32
 

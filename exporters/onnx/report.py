@@ -13,31 +13,29 @@ about pruning quality, only about export fidelity.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
 from pathlib import Path
 
 from toolchain.atomic import atomic_path
-from toolchain.models import LoadedModel, load_model, model_dims
+from toolchain.compress import apply_plan, dense_plan
+from toolchain.models import Model, open_model
 from toolchain.perplexity import encode
 from toolchain.plan import LayerPlan, PruningPlan
-from toolchain.surgery import apply_plan
 from toolchain.texts import heldout_text
 
-from .export import export_onnx
+from .export import export_onnx, float32_module
 from .quantize import ONNX_QUANTS
 from .runtime import OnnxDecoder
 from .verify import TOLERANCES, judge, measure
 
 
-def random_widths_plan(model, seed: int = 0, keep: float = 0.5, round_to: int = 32) -> PruningPlan:
+def random_widths_plan(model: Model, seed: int = 0, keep: float = 0.5, round_to: int = 32) -> PruningPlan:
     """Per-layer widths around `keep` of the dense ones: FFN channels in multiples of
     `round_to`, query heads per KV group varied, and whole KV groups dropped in some layers."""
-    d = model_dims(model.config)
-    plan = PruningPlan.dense(d["num_layers"], d["num_heads"], d["num_kv_heads"], d["head_dim"],
-                             d["hidden_size"], d["intermediate_size"])
+    d = model.dims
+    plan = dense_plan(model)
     rng, g, kv_all = random.Random(seed), plan.group_size, range(plan.num_kv_heads)
     for i in range(len(plan.layers)):
         target = keep * d["intermediate_size"] * rng.uniform(0.75, 1.25)
@@ -53,14 +51,14 @@ def random_widths_plan(model, seed: int = 0, keep: float = 0.5, round_to: int = 
     return plan
 
 
-def random_widths_model(dense: LoadedModel, seed: int = 0) -> LoadedModel:
-    """A copy of `dense` cut to `random_widths_plan` (the stand-in pruned model)."""
-    model = apply_plan(copy.deepcopy(dense.model), random_widths_plan(dense.model, seed))
-    return LoadedModel(model, dense.tokenizer, {"kind": "stand-in", "base": dense.source,
-                                                "plan": "random per-layer widths"})
+def random_widths_model(dense: Model, seed: int = 0) -> Model:
+    """`dense` cut to `random_widths_plan` (the stand-in pruned model)."""
+    model = apply_plan(dense, random_widths_plan(dense, seed))
+    model.source = {"kind": "stand-in", "base": dense.source, "plan": "random per-layer widths"}
+    return model
 
 
-def measure_exports(loaded: LoadedModel, label: str, out: Path, quants: tuple[str, ...],
+def measure_exports(loaded: Model, label: str, out: Path, quants: tuple[str, ...],
                     seqlen: int, windows: int, reuse: bool, save) -> list[dict]:
     """Export `loaded` once per quantisation (tracing once: the quantised graphs are made
     from the fp32 one) and measure each against PyTorch; `save(rows)` after every row."""
@@ -76,7 +74,7 @@ def measure_exports(loaded: LoadedModel, label: str, out: Path, quants: tuple[st
                         float_onnx=float_dir if float_ok and (float_dir / "io.json").is_file() else None)
         float_ok = float_ok or quant == "none"
         size = sum(f.stat().st_size for f in target.glob("model.onnx*"))
-        stats = measure(loaded.model, OnnxDecoder(target), ids, quant, seqlen, windows)
+        stats = measure(float32_module(loaded), OnnxDecoder(target), ids, quant, seqlen, windows)
         rows.append({"model": label, "quant": quant, "model_bytes": size, **stats})
         print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
         save(rows)
@@ -128,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_path(args.out / name) as tmp:
                 tmp.write_text(text + "\n")
 
-    dense = load_model(args.dense) if "dense" in args.models or not args.pruned else None
+    dense = open_model(args.dense) if "dense" in args.models or not args.pruned else None
     for label in args.models:
         loaded = dense if label == "dense" else (
-            load_model(args.pruned) if args.pruned else random_widths_model(dense))
+            open_model(args.pruned) if args.pruned else random_widths_model(dense))
         done += measure_exports(loaded, label, args.out, tuple(args.quants), args.seqlen, args.windows,
                                 args.reuse, save)
     table = (args.out / "results.md").read_text()
