@@ -42,5 +42,20 @@ def max_relative_difference(got: dict[str, torch.Tensor], want: dict[str, torch.
     return worst
 
 
+# The golden runs were made on another CPU. Runs without a solve (none, bias) reproduce them to float
+# rounding (≤ 2.6e-7 measured on an AMD EPYC with AVX-512). LIAR's least-squares solves amplify the
+# rounding of another BLAS kernel or thread count in weight directions the outputs barely see: on the
+# tiny model up to 3.6e-5 one-shot, 1.1e-4 with local refinement, 1.7e-4 sequential; on SmolLM2 the
+# pre-streaming code itself at OMP_NUM_THREADS=1 differs from its own golden run (2 threads) by 7.1e-4
+# sequential while its perplexity agrees to 1e-6. FISTA's λ bisection is discontinuous in that
+# rounding (another CPU ends at another λ: 0.43 / 0.72 relative), so its weights are not compared —
+# its exact sparsity is, and tests/test_fista.py checks what the solver must satisfy.
+def weight_limit(reconstruct: str) -> float | None:
+    """How far (max_relative_difference) a run's weights may be from its golden run; None: not compared."""
+    if reconstruct.startswith("fista"):
+        return None
+    return 1e-5 if reconstruct in ("none", "bias") else 1e-3
+
+
 def index(name: str) -> dict:
     return json.loads((DATA / f"{name}.json").read_text())
