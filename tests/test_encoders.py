@@ -229,6 +229,20 @@ def test_export_keeps_pooling_and_verifies_onnx(pruned_export):
     assert recipe["structured"]["mode"] == "oneshot" and recipe["calibration"]["samples"] == 12
 
 
+def test_per_layer_ffn_checkpoint_is_reopened(encoder_dir, text_file, tmp_path):
+    """FFN-only per-layer widths are written as a remote-code checkpoint (LiarBertModel); liar-export
+    reads it back with those widths instead of taking it for a model with a task head."""
+    from tests.conftest import liar_export
+
+    summary = liar_export(tmp_path / "ffn", str(encoder_dir), "--sparsity", "0.4", "--prune", "ffn", "--to", "hf",
+                          "--calib", str(text_file), *FAST, str(text_file))
+    ckpt = Path(summary["artifacts"]["hf"])
+    assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["LiarBertModel"]
+    ffn = [w.intermediate_size for w in open_model(str(ckpt)).widths.layers]
+    plan = json.loads((ckpt.parent / "plan.json").read_text())
+    assert len(set(ffn)) > 1 and ffn == [len(lp["channels"]) for lp in plan["layers"]]
+
+
 def test_onnx_encoder_graph_matches_pytorch_on_any_batch(pruned_export):
     """Dynamic batch and sequence; the pooled, normalised embedding is the model's."""
     from exporters.onnx.encoder import INPUTS, OUTPUTS, OnnxEncoder

@@ -23,6 +23,7 @@ import copy
 from dataclasses import dataclass, replace
 
 from .families import Family
+from .families.base import remote_class
 from .widths import Widths
 
 REMOTE_FILE = "modeling_liar.py"
@@ -109,7 +110,7 @@ def layout(config, family: Family, widths: Widths) -> Layout:
 def modeling_source(family: Family, config) -> str:
     """modeling_liar.py for `family`: its paths filled into one template (no family logic copied)."""
     base = _base_class(family, config)
-    return _TEMPLATE.format(model_type=config.model_type, base=base, cls=f"Liar{base}", layers=family.layers,
+    return _TEMPLATE.format(model_type=config.model_type, base=base, cls=remote_class(base), layers=family.layers,
                             o=family.o, down=family.down, width_keys=WIDTH_KEYS)
 
 
@@ -141,7 +142,7 @@ def _builds(source: str, config, family: Family) -> Widths | None:
     exec(compile(source, REMOTE_FILE, "exec"), namespace)
     try:
         with init_empty_weights(include_buffers=False):
-            model = namespace[f"Liar{_base_class(family, config)}"](config)
+            model = namespace[remote_class(_base_class(family, config))](config)
     except (ValueError, TypeError, RuntimeError):
         return None
     return widths_of(family.layer_list(model), family, family.dims(config)["head_dim"])
@@ -198,6 +199,6 @@ def _standard(config, family: Family, widths: Widths) -> tuple[object, Widths] |
 def _remote_config(config, family: Family, widths: Widths):
     base = _base_class(family, config)
     config.liar_layers = widths.to_json()  # what the modeling file builds the layers from
-    config.auto_map = {family.auto_class: f"{REMOTE_FILE.removesuffix('.py')}.Liar{base}"}
-    config.architectures = [f"Liar{base}"]
+    config.auto_map = {family.auto_class: f"{REMOTE_FILE.removesuffix('.py')}.{remote_class(base)}"}
+    config.architectures = [remote_class(base)]
     return config

@@ -225,6 +225,12 @@ class Family:
         return mods + ([layer.get_submodule(self.mlp_norm_out)] if self.mlp_norm_out else [])
 
 
+def remote_class(base: str) -> str:
+    """The class name of a family's per-layer model in the modeling file liar-export writes beside a
+    checkpoint (toolchain.hf_remote): a checkpoint whose config names it is one of ours."""
+    return f"Liar{base}"
+
+
 def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
     """Row indices of whole heads in a [heads × head_dim, ...] projection."""
     return torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)], dtype=torch.long)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import Family, GGUFArch
+from .base import Family, GGUFArch, remote_class
 
 BERT_TENSORS = {
     "attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
@@ -36,9 +36,11 @@ BERT_TENSORS = {
 }
 BERT = GGUFArch("bert", BERT_TENSORS, heads=False)
 
-# A bare encoder is saved as "<Type>Model"; anything else carries a task head (a cross-encoder's
-# classifier, an MLM head) whose weights live under a prefix and would be dropped unnoticed.
+# A bare encoder is saved as "<Type>Model" (by liar-export with per-layer widths: its remote class);
+# anything else carries a task head (a cross-encoder's classifier, an MLM head) whose weights live
+# under a prefix and would be dropped unnoticed.
 BARE_ARCHITECTURES = ("BertModel",)
+OWN_ARCHITECTURES = BARE_ARCHITECTURES + tuple(remote_class(a) for a in BARE_ARCHITECTURES)
 
 
 class Bert(Family):
@@ -49,7 +51,7 @@ class Bert(Family):
     def check_config(self, config) -> None:
         """Refuse encoders with a task head: pruning statistics would ignore the head."""
         archs = list(getattr(config, "architectures", None) or [])
-        heads = [a for a in archs if a not in BARE_ARCHITECTURES]
+        heads = [a for a in archs if a not in OWN_ARCHITECTURES]
         if heads:
             raise UserError(f"{heads[0]} is a {self.model_type} model with a task head (a cross-encoder or "
                             f"classifier): only bare encoders ({', '.join(BARE_ARCHITECTURES)}, as "
