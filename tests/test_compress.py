@@ -149,7 +149,7 @@ def test_allocate_refuses_an_unknown_allocation():
 def test_priced_removal_error_is_the_reconstruction_error(method, removed):
     """toolchain.pricing's estimate for removing a set of inputs equals the mean squared output
     error the reconstruction really leaves on the calibration inputs; marginal errors add up to it."""
-    from toolchain.pricing import cumulative_errors, marginal_errors
+    from toolchain.pricing import marginal_errors, prefix_errors
 
     module = tiny_model(seed=3).module()
     lin = module.model.layers[1].mlp.down_proj
@@ -157,15 +157,16 @@ def test_priced_removal_error_is_the_reconstruction_error(method, removed):
     acc = StatsAccumulator()
     acc.add(x.float())
     unit = list(range(*removed))
-    keep = [j for j in range(128) if j not in unit]
-    estimate = cumulative_errors(lin.weight, acc.result(), [unit], method, ridge=0.0)[0]
+    prefixes = prefix_errors(lin.weight, acc.result(), unit, method, ridge=0.0)
     parts = marginal_errors(lin.weight, acc.result(), [unit[:8], unit[8:20], unit[20:]], method, ridge=0.0)
-    assert sum(parts) == pytest.approx(estimate, rel=1e-9)
-    new, used = reconstruct_oneshot(lin, keep, acc.result(), method, ridge=0.0)
-    assert used == method
-    with torch.no_grad():
-        err = ((x.float() @ lin.weight.T) - new(x[:, keep].float())).double().pow(2).sum(1).mean().item()
-    assert estimate == pytest.approx(err, rel=1e-3)
+    assert sum(parts) == pytest.approx(float(prefixes[-1]), rel=1e-9)
+    for k in (8, 20, len(unit)):  # every prefix of the removal order, not only the whole set
+        keep = [j for j in range(128) if j not in unit[:k]]
+        new, used = reconstruct_oneshot(lin, keep, acc.result(), method, ridge=0.0)
+        assert used == method
+        with torch.no_grad():
+            err = ((x.float() @ lin.weight.T) - new(x[:, keep].float())).double().pow(2).sum(1).mean().item()
+        assert float(prefixes[k - 1]) == pytest.approx(err, rel=1e-3)
 
 
 def test_error_pricing_gives_a_valid_plan_with_both_kinds():
@@ -174,3 +175,36 @@ def test_error_pricing_gives_a_valid_plan_with_both_kinds():
     assert model.widths == res.widths
     achieved = 1 - res.plan.block_params() / dense_plan(tiny_model(seed=0)).block_params()
     assert abs(achieved - 0.4) < 0.12
+
+
+def _units(kind: str, costs: list[int], errors: list[float]) -> list:
+    from toolchain.allocation import Unit
+
+    return [Unit(0, kind, r, 0.0, c, error=e) for r, (c, e) in enumerate(zip(costs, errors))]
+
+
+@pytest.mark.parametrize("attn_error, expected", [(100.0, (0, 3)), (0.01, (2, 1))])
+def test_balanced_spends_a_layers_budget_on_the_cheaper_kind(attn_error, expected):
+    """With a layer's budget fixed, heads go when their estimated error is lower than the FFN
+    channels' of the same cost, and FFN channels otherwise; the cost stays closest to the budget."""
+    from toolchain.allocation import _balanced
+
+    attn = _units("attn", [20, 20], [attn_error, attn_error])
+    ffn = _units("ffn", [20, 20, 20], [1.0, 1.0, 1.0])
+    chosen = _balanced(attn, ffn, budget=60)
+    assert (sum(u.kind == "attn" for u in chosen), sum(u.kind == "ffn" for u in chosen)) == expected
+    assert sum(u.cost for u in chosen) == 60
+    assert chosen == [u for u in attn + ffn if u in chosen]  # prefixes of each kind's removal order
+
+
+def test_balanced_pricing_keeps_each_layers_budget():
+    """`balanced` removes per layer what `score` removes, within half an FFN step (global allocation
+    decides how much each layer loses; balancing only changes what)."""
+    dense = tiny_model(seed=0)
+    _, score = compressed(dense, sparsity=0.4, pricing="score")
+    _, balanced = compressed(dense, sparsity=0.4, pricing="balanced")
+    balanced.plan.validate()
+    ffn_unit = 3 * 16 * dense.dims["hidden_size"]  # one round_to step of an FFN's three matrices
+    for s, b in zip(score.plan.layers, balanced.plan.layers):
+        assert abs(score.plan.with_layers([s]).block_params() - balanced.plan.with_layers([b]).block_params()) \
+            <= ffn_unit // 2

@@ -36,7 +36,8 @@ def _run(name: str, sink_factory):
         sparsify(model, CALIB, SparsityOptions(**rec["options"]), CPU, sink, progress=False)
         return sink.close(model.widths, {}), None
     local = LocalOptions(**rec["local"]) if rec["kind"] == "liar+local" else None
-    res = compress(model, CALIB, CompressOptions(**rec["options"]), CPU, sink, local=local, progress=False)
+    options = {"pricing": "score", **rec["options"]}  # the default before balanced pricing
+    res = compress(model, CALIB, CompressOptions(**options), CPU, sink, local=local, progress=False)
     return sink.close(res.widths, {"plan": res.plan.to_json()}), res
 
 

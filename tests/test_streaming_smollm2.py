@@ -24,10 +24,10 @@ from toolchain.texts import heldout_text
 
 pytestmark = pytest.mark.slow
 GOLDEN = index("smollm2")
-RUNS = {  # the arguments each golden run was made with (besides --to hf)
-    "s20-default": [],
+RUNS = {  # the arguments each golden run was made with (besides --to hf); the default pricing was "score" then
+    "s20-default": ["--pricing", "score"],
     "s50-uniform": ["--sparsity", "0.5", "--allocation", "uniform", "--calib-samples", "32"],
-    "s50-sequential": ["--sparsity", "0.5", "--mode", "sequential", "--calib-samples", "32"],
+    "s50-sequential": ["--sparsity", "0.5", "--mode", "sequential", "--calib-samples", "32", "--pricing", "score"],
     "s50-unstructured-wanda": ["--pattern", "unstructured", "--sparsity", "0.5", "--criterion", "wanda",
                                "--reconstruct", "none",
                                "--calib-samples", "16"],

@@ -40,6 +40,7 @@ class Unit:
     rank: int  # position in the layer's removal order
     z: float  # global allocation's price: mean standardised score, or error per parameter
     cost: int  # block parameters removed
+    error: float = 0.0  # estimated output error it adds after reconstruction, along the layer's order
     heads: tuple[int, ...] = ()
     kv_heads: tuple[int, ...] = ()
     channels: tuple[int, ...] = ()
@@ -128,14 +129,45 @@ def layer_units(layer: int, attn_scores: torch.Tensor, ffn_scores: torch.Tensor,
 
 
 def select(dense: PruningPlan, attn: list[list[Unit]], ffn: list[list[Unit]], sparsity: float,
-           allocation: str = "global") -> PruningPlan:
-    """The plan removing ~`sparsity` of block parameters from every layer's units."""
+           allocation: str = "global", balance: bool = False) -> PruningPlan:
+    """The plan removing ~`sparsity` of block parameters from every layer's units.
+
+    `balance`: each layer spends the parameters the allocation took from it on the mix of
+    attention and FFN units with the least estimated error (`Unit.error`)."""
     if not 0 <= sparsity < 1:
         raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
     check_choice("allocation", allocation, ALLOCATIONS)
     target = sparsity * dense.block_params()
     removed = _uniform(attn, ffn, target, sparsity) if allocation == "uniform" else _global(attn, ffn, target)
+    if balance and allocation == "global":
+        removed = [_balanced(a, f, sum(u.cost for u in r)) for a, f, r in zip(attn, ffn, removed)]
     return _plan_from_removed(dense, removed)
+
+
+def _prefix_sums(values: list[float]) -> list[float]:
+    out = [0.0]
+    for v in values:
+        out.append(out[-1] + v)
+    return out
+
+
+def _balanced(attn: list[Unit], ffn: list[Unit], budget: int) -> list[Unit]:
+    """One layer's first n_a attention and n_f FFN units costing `budget` (to within half an FFN
+    step), the pair with the least summed error: o_proj and down_proj write into the same
+    residual stream, so within a layer their errors are on one scale (docs/DESIGN.md §4)."""
+    cost_a, cost_f = _prefix_sums([u.cost for u in attn]), _prefix_sums([u.cost for u in ffn])
+    err_a, err_f = _prefix_sums([u.error for u in attn]), _prefix_sums([u.error for u in ffn])
+    slack = max((u.cost for u in ffn), default=0) / 2
+    best: tuple[float, int, int] | None = None
+    for n_a in range(len(attn) + 1):
+        n_f = min(range(len(ffn) + 1), key=lambda k: (abs(cost_a[n_a] + cost_f[k] - budget), k))
+        if abs(cost_a[n_a] + cost_f[n_f] - budget) > slack:
+            continue
+        err = err_a[n_a] + err_f[n_f]
+        if best is None or err < best[0]:
+            best = (err, n_a, n_f)
+    _, n_a, n_f = best
+    return attn[:n_a] + ffn[:n_f]
 
 
 def allocate(dense: PruningPlan, attn_scores: list[torch.Tensor], ffn_scores: list[torch.Tensor],

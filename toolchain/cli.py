@@ -13,7 +13,7 @@ from .cliutil import Parser, quiet_libraries, run_main
 from .errors import UserError
 from .recipe import (ALLOCATION_CHOICES, CRITERIA, DEFAULT_GGUF_QUANT, DEVICES, DTYPES, ENCODER_DEFAULTS, FORMATS,
                      GGUF_QUANTS, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, ONNX_QUANTS, PATTERNS,
-                     PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
+                     PRICINGS, PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
                      LocalOptions, SparsityOptions, closed_form)
 
 EXPORT_EXAMPLES = """examples:
@@ -71,6 +71,11 @@ def export_parser() -> argparse.ArgumentParser:
                    "default) or layer by layer through the pruned earlier layers (sequential)")
     g.add_argument("--prune", choices=PRUNE_CHOICES, default="heads,ffn",
                    help="what may be removed: attention heads and FFN channels (default), ffn only, or heads only")
+    g.add_argument("--pricing", choices=PRICINGS, default=CompressOptions.pricing,
+                   help="how global allocation compares units: score (FLAP's standardised scores across layers), "
+                   "balanced (score across layers, estimated error after reconstruction between a layer's heads "
+                   "and FFN channels), error (estimated error everywhere) "
+                   f"(default {CompressOptions.pricing})")
     g.add_argument("--head-unit", choices=HEAD_UNITS, default="auto",
                    help="GQA: drop an equal number of query heads per KV group, or whole groups (default auto)")
     g.add_argument("--round-to", type=int, default=32, help="kept FFN widths are multiples of this (default 32)")
@@ -149,7 +154,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
             req.structured = CompressOptions(
                 sparsity=args.sparsity, criterion=criterion, reconstruct=closed_form(reconstruct),
                 allocation=args.allocation, mode=_given(args.mode, CompressOptions.mode), round_to=args.round_to,
-                head_unit=args.head_unit, prune=args.prune, ridge=args.ridge, seed=args.seed,
+                head_unit=args.head_unit, prune=args.prune, pricing=args.pricing, ridge=args.ridge, seed=args.seed,
                 batch_size=args.batch_size)
             req.encoder_defaults = {k: v for k, v in ENCODER_DEFAULTS.items() if getattr(args, k) is None}
             if "reconstruct" in req.encoder_defaults:

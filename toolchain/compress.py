@@ -117,15 +117,17 @@ def priced_units(i: int, layer: nn.Module, model: Model, o_st: InputStats, d_st:
     family, dense = model.family, dense_plan(model)
     a, f = scores(opts.criterion, layer, family, o_st, d_st, gen)
     attn, ffn = layer_units(i, a, f, dense, opts.round_to, opts.head_unit, opts.prune)
-    if opts.pricing == "error":
+    if opts.pricing != "score":
         for units, path, st, cols in ((attn, family.o, o_st, lambda u: head_rows(u.heads, dense.head_dim).tolist()),
                                       (ffn, family.down, d_st, lambda u: list(u.channels))):
             errors = marginal_errors(layer.get_submodule(path).weight, st, [cols(u) for u in units],
                                      opts.reconstruct, opts.ridge, opts.biases)
             price = 0.0
             for u, e in zip(units, errors):
-                price = max(price, e / u.cost)
-                u.z = price
+                u.error = e
+                if opts.pricing == "error":
+                    price = max(price, e / u.cost)
+                    u.z = price
     return attn, ffn
 
 
@@ -140,7 +142,7 @@ class ScorePass:
     def __init__(self, model: Model, opts: CompressOptions, gen: torch.Generator, keep: bool = False,
                  full: bool = False):
         self.model, self.opts, self.gen, self.keep = model, opts, gen, keep
-        self.full = full or opts.pricing == "error"
+        self.full = full or opts.pricing != "score"
         self.attn: list[list[Unit]] = []
         self.ffn: list[list[Unit]] = []
         self.stats: list[tuple[InputStats, InputStats]] = []
@@ -301,7 +303,8 @@ def choose_plan(model: Model, ids: torch.Tensor, opts: CompressOptions, device: 
     runner = Runner(model, ids, device, opts.batch_size, tokens)
     pass_ = ScorePass(model, opts, gen, keep=keep_stats, full=opts.reconstruct == "liar")
     walk(model, runner, pass_, None, "plan (statistics)", progress=progress)
-    plan = select(dense_plan(model), pass_.attn, pass_.ffn, opts.sparsity, opts.resolved_allocation)
+    plan = select(dense_plan(model), pass_.attn, pass_.ffn, opts.sparsity, opts.resolved_allocation,
+                  opts.pricing == "balanced")
     return plan, time.perf_counter() - start, pass_.stats if keep_stats else None
 
 
@@ -330,7 +333,8 @@ def compress(model: Model, ids: torch.Tensor, opts: CompressOptions, device: tor
     elif needs_plan_pass:  # shared statistics: the units are priced from them
         attn, ffn = zip(*(priced_units(i, model.layer(i), model, *dense_stats[i], opts, gen)
                           for i in range(model.num_layers)))
-        plan = select(dense, list(attn), list(ffn), opts.sparsity, opts.resolved_allocation)
+        plan = select(dense, list(attn), list(ffn), opts.sparsity, opts.resolved_allocation,
+                      opts.pricing == "balanced")
     start = time.perf_counter()
     runner = Runner(model, ids, device, opts.batch_size, tokens)
     if opts.mode == "sequential":

@@ -22,7 +22,7 @@ ALLOCATIONS = ("uniform", "global")
 ALLOCATION_CHOICES = ("auto",) + ALLOCATIONS
 HEAD_UNITS = ("auto", "per-group", "groups")
 PRUNE_CHOICES = ("heads,ffn", "ffn", "heads")  # what structured pruning may remove
-PRICINGS = ("score", "error")  # how global allocation ranks units: toolchain.allocation, .pricing
+PRICINGS = ("score", "error", "balanced")  # how global allocation ranks units: toolchain.allocation, .pricing
 MODES = ("oneshot", "sequential")
 METHODS = ("liar", "bias", "none")
 # local reconstruction after pruning: toolchain.local
@@ -64,7 +64,9 @@ class CompressOptions:
     reconstruct: str = "liar"
     allocation: str = "auto"
     prune: str = "heads,ffn"
-    pricing: str = "score"
+    # balanced: FLAP's scores across layers, estimated error within a layer; on SmolLM2 it beats score
+    # pricing and FFN-only pruning at 0.2 and 0.5 (benchmarks/allocation_table.py → results/allocation/)
+    pricing: str = "balanced"
     mode: str = "oneshot"
     round_to: int = 32
     head_unit: str = "auto"
