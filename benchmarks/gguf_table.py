@@ -20,7 +20,7 @@ from exporters.gguf import export_gguf
 from toolchain.models import open_model
 from toolchain.texts import heldout_text
 
-from .tablekit import write_table
+from .tablekit import markdown_table, write_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,16 +47,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"SmolLM2-135M-Instruct, held-out legal prose {result['windows']}×{result['seqlen']} tokens, "
-             f"llama.cpp with F32 KV cache; pruned = `{result['pruned']}`.", "",
-             "| file | bytes | arch | ppl PyTorch | ppl llama.cpp | ratio | top-1 | max \\|Δlogit\\| | fallbacks | passed |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['model']} {r['quant']} | {r['bytes']:,} | {r['architecture']} | "
-                     f"{r['perplexity_torch']:.3f} | {r['perplexity_llamacpp']:.3f} | {r['ppl_ratio']:.4f} | "
-                     f"{r['top1_agreement']:.3f} | {r['max_abs_dlogit']:.2g} | {r['fallbacks']} | "
-                     f"{'yes' if r['passed'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    intro = (f"SmolLM2-135M-Instruct, held-out legal prose {result['windows']}×{result['seqlen']} tokens, "
+             f"llama.cpp with F32 KV cache; pruned = `{result['pruned']}`.")
+    header = ["file", "bytes", "arch", "ppl PyTorch", "ppl llama.cpp", "ratio", "top-1", "max \\|Δlogit\\|",
+              "fallbacks", "passed"]
+    rows = [[f"{r['model']} {r['quant']}", f"{r['bytes']:,}", r["architecture"], f"{r['perplexity_torch']:.3f}",
+             f"{r['perplexity_llamacpp']:.3f}", f"{r['ppl_ratio']:.4f}", f"{r['top1_agreement']:.3f}",
+             f"{r['max_abs_dlogit']:.2g}", str(r["fallbacks"]), "yes" if r["passed"] else "no"]
+            for r in result["rows"]]
+    return markdown_table(intro, header, rows, align="lrlrrrrrrl")
 
 
 if __name__ == "__main__":

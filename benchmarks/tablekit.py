@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -81,3 +83,26 @@ def write_table(out: Path, result: dict, markdown: Callable[[dict], str], echo: 
         tmp.write_text(table)
     if echo:
         print(table)
+
+
+def markdown_table(intro: str, header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A README table: `intro`, a blank line, then the header and one line per row; `align` has an
+    "r" for every right-aligned column (default: all left)."""
+    rule = ["---:" if align[i:i + 1] == "r" else "---" for i in range(len(header))]
+    lines = [intro, "", "| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_cli(model: Path | None, out: Path, args: list[str]) -> dict:
+    """`liar-export [MODEL] ARGS -o OUT --force` in this process (run_export, exactly what the CLI
+    runs): {"command", "seconds", "summary"}. MODEL None: the default model."""
+    from toolchain.cli import export_parser, request_from_args
+    from toolchain.export import run_export
+
+    argv = ([str(model)] if model else []) + [*args, "-o", str(out), "--force"]
+    start = time.perf_counter()
+    summary = run_export(request_from_args(export_parser().parse_args(argv)))
+    shown = (["MODEL"] if model else []) + args
+    return {"command": "liar-export " + shlex.join(shown), "seconds": time.perf_counter() - start,
+            "summary": summary}

@@ -10,7 +10,7 @@ from toolchain.cli import eval_command, export_command
 from toolchain.cliutil import run_main
 from toolchain.errors import EXIT_BAD_INPUT, EXIT_VERIFY_FAILED
 from toolchain.models import open_model
-from toolchain.recipe import SparsityOptions
+from toolchain.recipe import PRESETS, SparsityOptions
 
 FAST = ["--calib-samples", "4", "--calib-seqlen", "32", "--round-to", "16"]
 
@@ -169,3 +169,28 @@ def test_dense_baseline_through_the_same_path(tiny_dir, tmp_path, capsys):
     assert summary["sparsity"] == 0
     assert summary["exports"]["gguf"]["passed"] and summary["exports"]["gguf"]["architecture"] == "llama"
     assert {w["intermediate_size"] for w in summary["widths"]} == {128}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_preset_fills_only_the_options_left_unset(preset):
+    """--recipe NAME: the preset's values where the command line is silent, the command line's own
+    values where it is not; the run's recipe names the preset."""
+    from toolchain.cli import export_parser, request_from_args
+
+    def request(*argv):
+        return request_from_args(export_parser().parse_args(["--recipe", preset, "-o", "out", *argv]))
+
+    req, default = request(), request_from_args(export_parser().parse_args(["-o", "out"]))
+    values = {"calib_samples": req.calib.samples, "pricing": req.structured.pricing, "reconstruct": req.reconstruct}
+    defaults = {"calib_samples": default.calib.samples, "pricing": default.structured.pricing,
+                "reconstruct": default.reconstruct}
+    assert values == {**defaults, **PRESETS[preset]}
+    assert req.recipe()["preset"] == preset and "preset" not in default.recipe()
+    assert request("--calib-samples", "3", "--pricing", "error").calib.samples == 3
+    assert request("--pricing", "error").structured.pricing == "error"
+
+
+def test_a_preset_is_for_structured_pruning(tmp_path, capsys):
+    assert export("--recipe", "best", "--pattern", "2:4", "--sparsity", "0.5", "-o", str(tmp_path / "x")) == EXIT_BAD_INPUT
+    assert "structured-pruning preset" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

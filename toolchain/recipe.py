@@ -43,6 +43,14 @@ DEVICES = ("auto", "cpu", "cuda")
 # benchmarks/encoder_table.py → benchmarks/results/encoders/): the options a command line leaves
 # unset take these values once the model turns out to be an encoder (ExportRequest.for_encoder).
 ENCODER_DEFAULTS = {"mode": "sequential", "reconstruct": "liar+local", "calib_samples": 512, "calib_seqlen": 128}
+# `--recipe NAME`: named points on structured pruning's time / quality trade-off, measured on SmolLM2-135M
+# (benchmarks/presets_table.py → benchmarks/results/presets/): the options a command line leaves unset
+# take these values (an option given explicitly wins). "balanced" is what liar-export runs by default.
+PRESETS: dict[str, dict] = {
+    "fast": {"calib_samples": 32, "pricing": "score"},
+    "balanced": {},
+    "best": {"reconstruct": "liar+local", "calib_samples": 256},
+}
 
 
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -231,6 +239,7 @@ class ExportRequest:
     dtype: str = "auto"
     trust_remote_code: bool = False
     progress: bool = True
+    preset: str | None = None  # the --recipe preset that filled the unset options (recorded, PRESETS)
     # what an encoder runs for the options the command line left unset (ENCODER_DEFAULTS, with the
     # LocalOptions a local "reconstruct" implies); run_export applies it once the model is known
     encoder_defaults: dict = field(default_factory=dict)
@@ -305,6 +314,8 @@ class ExportRequest:
         if self.compresses:
             out["calibration"] = asdict(self.calib)
         out["dtype"] = self.dtype
+        if self.preset is not None:
+            out["preset"] = self.preset
         return out
 
     @classmethod
