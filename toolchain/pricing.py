@@ -29,6 +29,8 @@ import torch
 
 from .stats import InputStats
 
+COLUMN_BLOCK = 2048  # columns of W_π L formed at a time: no [out, in] float64 product beside the factor
+
 
 def second_moments(stats: InputStats, centred: bool, order: torch.Tensor | None = None) -> torch.Tensor:
     """C (centred) or M = C + μμᵀ in float64, one fresh matrix beside the Gram matrix (a
@@ -50,11 +52,12 @@ def prefix_errors(w: torch.Tensor, stats: InputStats, order: list[int], method: 
                   intercept: bool = True) -> torch.Tensor:
     """E(P_k) for k = 1..len(order): the error after removing the first k input columns of
     `order` from the Linear weight `w` [out, in] and reconstructing with `method`."""
-    w = w.detach().double().cpu()
+    w = w.detach().cpu()
     centred = method != "none" and intercept
     removed = torch.tensor(order, dtype=torch.long)
     if method != "liar":
-        block = (w[:, removed].T @ w[:, removed]).mul_(second_moments(stats, centred, removed))
+        w = w[:, removed].double()
+        block = (w.T @ w).mul_(second_moments(stats, centred, removed))
         return block.cumsum(0).cumsum(1).diagonal().clone()
     rest = torch.ones(w.shape[1], dtype=torch.bool)
     rest[removed] = False
@@ -63,8 +66,11 @@ def prefix_errors(w: torch.Tensor, stats: InputStats, order: list[int], method: 
     diag = a.diagonal()
     diag += ridge * diag.mean().clamp_min(1e-12)
     factor = torch.linalg.cholesky(a, out=a)
-    col = (w[:, perm] @ factor).pow_(2).sum(0)
-    return col[len(perm) - len(order):].flip(0).cumsum(0)
+    w = w[:, perm].double()
+    start = len(perm) - len(order)
+    col = torch.cat([(w[:, j:] @ factor[j:, j:j + COLUMN_BLOCK]).pow_(2).sum(0)  # L is zero above row j
+                     for j in range(start, len(perm), COLUMN_BLOCK)])
+    return col.flip(0).cumsum(0)
 
 
 def marginal_errors(w: torch.Tensor, stats: InputStats, units: list[list[int]], method: str, ridge: float = 1e-3,
