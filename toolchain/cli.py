@@ -11,10 +11,10 @@ from typing import Sequence
 from . import __version__
 from .cliutil import Parser, quiet_libraries, run_main
 from .errors import UserError
-from .recipe import (ALLOCATION_CHOICES, CRITERIA, DEFAULT_GGUF_QUANT, DEVICES, DTYPES, ENCODER_DEFAULTS, FORMATS,
-                     GGUF_QUANTS, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, ONNX_QUANTS, PATTERNS,
-                     PRESETS, PRICINGS, PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions, CompressOptions, ExportRequest,
-                     LocalOptions, SparsityOptions, closed_form)
+from .recipe import (ALLOCATION_CHOICES, CRITERIA, DEFAULT_GGUF_QUANT, DEVICES, DTYPES, ENCODER_DEFAULTS, FISTA_TARGETS,
+                     FORMATS, GGUF_QUANTS, HEAD_UNITS, LOCAL_INPUTS, LOCAL_METHODS, METHODS, MODES, ONNX_QUANTS,
+                     PATTERNS, PRESETS, PRICINGS, PRUNE_CHOICES, SPARSE_CRITERIA, SPARSE_METHODS, CalibOptions,
+                     CompressOptions, ExportRequest, LocalOptions, SparsityOptions, WITHIN_LAYER, closed_form)
 
 EXPORT_EXAMPLES = """examples:
   liar-export --to gguf -o out/smollm2-s20          # default model (SmolLM2-135M-Instruct), 20% pruned
@@ -99,6 +99,14 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--fista-steps", type=int, default=SparsityOptions.steps, help="λ bisection steps")
     g.add_argument("--fista-refit-iters", type=int, default=SparsityOptions.refit_iters,
                    help="least-squares refit iterations on the final mask (0 = off)")
+    g.add_argument("--fista-target", choices=FISTA_TARGETS, default=SparsityOptions.target,
+                   help="what the sparse layer must reproduce: dense (the dense model's outputs, correcting the "
+                   "error of the layers before) or pruned (its own dense output on the pruned model's inputs) "
+                   f"(default {SparsityOptions.target})")
+    g.add_argument("--within-layer", choices=WITHIN_LAYER, default=SparsityOptions.within_layer,
+                   help="unstructured/2:4: each operator's calibration inputs pass through the operators of its layer "
+                   "pruned before it (sequential) or through the layer as it was (at-once) "
+                   f"(default {SparsityOptions.within_layer})")
     g = p.add_argument_group("calibration")
     g.add_argument("--calib", default="pydoc", help="pydoc (default, offline), self (sampled from the model), "
                    "a .txt/.jsonl file, or a dataset name (wikitext2, c4; needs network)")
@@ -176,7 +184,9 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         else:
             req.sparse = SparsityOptions(pattern=args.pattern, sparsity=args.sparsity, criterion=criterion,
                                          reconstruct=reconstruct, iters=args.fista_iters, steps=args.fista_steps,
-                                         refit_iters=args.fista_refit_iters, seed=args.seed,
+                                         refit_iters=args.fista_refit_iters, target=args.fista_target,
+                                         within_layer=args.within_layer,
+                                         seed=args.seed,
                                          batch_size=args.batch_size)
     req.validate()
     return req

@@ -5,7 +5,9 @@ Problem, per operator with dense weight W [out, in]:
     minimise  ½‖W* X* − W X‖²_F + λ‖W*‖₁
 
 X* are the operator's inputs in the pruned model (outputs of the already-pruned
-operators before it), X its inputs in the dense model. Only second moments are
+operators before it), X its inputs in the dense model — or X = X* (target "pruned":
+SparseGPT's objective, the operator's own dense output on the inputs it will see,
+without correcting the error made upstream). Only second moments are
 needed (the Gram form): with H = E[x* x*ᵀ], B = W E[x x*ᵀ] and G = E[x xᵀ],
 
     f(W*) = ½ tr(W* H W*ᵀ) − tr(W* Bᵀ) + ½ tr(W G Wᵀ),   ∇f = W* H − B.

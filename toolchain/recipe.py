@@ -32,6 +32,8 @@ LOCAL_INPUTS = ("dense", "pruned")
 PATTERNS = ("unstructured", "2:4")
 SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
 SPARSE_METHODS = ("fista", "none")
+FISTA_TARGETS = ("dense", "pruned")
+WITHIN_LAYER = ("sequential", "at-once")
 # outputs: exporters.gguf.quants and exporters.onnx.quantize hold what each name means
 FORMATS = ("hf", "gguf", "onnx")
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
@@ -182,12 +184,21 @@ class SparsityOptions:
     refit_iters: int = FistaOptions.refit_iters  # λ = 0 iterations on the final mask
     damp: float = FistaOptions.damp  # FISTA's ridge towards the dense weights
     lambda_min: float = FistaOptions.lambda_min
+    # what FISTA's W* X* must reproduce: W X, the dense model's inputs ("dense", FISTAPruner's error
+    # correction), or W X*, the operator's own output on the pruned model's inputs ("pruned", SparseGPT's)
+    target: str = "dense"
+    # where an operator's calibration inputs come from inside a layer: through the stages pruned before
+    # it ("sequential", FISTAPruner's intra-layer correction) or the layer as it was ("at-once", as
+    # llm-compressor's sequential pipeline does); the pruned layer feeds the next layer either way
+    within_layer: str = "sequential"
     seed: int = 0
     batch_size: int = 8
 
     def validate(self) -> None:
         for option, value, allowed in (("pattern", self.pattern, PATTERNS), ("criterion", self.criterion, SPARSE_CRITERIA),
-                                       ("reconstruct", self.reconstruct, SPARSE_METHODS)):
+                                       ("reconstruct", self.reconstruct, SPARSE_METHODS),
+                                       ("fista-target", self.target, FISTA_TARGETS),
+                                       ("within-layer", self.within_layer, WITHIN_LAYER)):
             check_choice(option, value, allowed)
         if self.pattern == "2:4" and self.sparsity != 0.5:
             raise UserError(f"--pattern 2:4 is 50% sparsity by definition: pass --sparsity 0.5 (got {self.sparsity})")

@@ -112,14 +112,19 @@ class Sparsify:
 
     def __init__(self, model: Model, opts: SparsityOptions):
         self.model, self.family, self.opts = model, model.family, opts
-        self.full = opts.reconstruct == "fista"  # both streams (FISTA's target is the dense model)
-        self.hessian = self.full or opts.criterion == "sparsegpt"
+        self.fista = opts.reconstruct == "fista"
+        self.full = self.fista and opts.target == "dense"  # both streams: the target is the dense model's
+        self.hessian = self.fista or opts.criterion == "sparsegpt"
         self.needs_data = self.hessian or opts.criterion == "wanda"
+        self.at_once = opts.within_layer == "at-once"
 
     def _stage_stats(self, runner: Runner, s: Step, first: str, dense_layer: nn.Module | None) -> PairGram:
-        """Inputs of `first` (pruned stream; dense stream too when reconstructing)."""
+        """Inputs of `first` on the pruned stream — through the layer's already-pruned stages
+        ("sequential") or through the layer as it was before any was pruned ("at-once") — and on
+        the dense stream when FISTA's target is the dense model."""
         acc = PairGram(self.hessian, self.full)
-        streams = [("xs", s.layer.get_submodule(first), s.layer, s.pruned_in)]
+        source = dense_layer if self.at_once else s.layer
+        streams = [("xs", source.get_submodule(first), source, s.pruned_in)]
         if self.full:
             streams.append(("x", dense_layer.get_submodule(first), dense_layer, s.dense_in))
         for got in runner.module_inputs(s.index, streams):
@@ -132,8 +137,9 @@ class Sparsify:
         w = torch.cat([lin.weight.detach().to(device, torch.float32) for lin in lins])
         w0, mask0 = warm_start(w, acc, self.opts)
         info: dict = {"operators": [n.split(".")[-1] for n in stage]}
-        if self.full:
-            res = solve(w, *acc.moments(), mask0, self.opts.pattern, self.opts.sparsity, self.opts.fista(), w0=w0)
+        if self.fista:
+            h, c, g = acc.moments() if self.full else (acc.h / acc.n,) * 3  # target W X* : X = X*
+            res = solve(w, h, c, g, mask0, self.opts.pattern, self.opts.sparsity, self.opts.fista(), w0=w0)
             new = res.weight
             info.update(lambda_median=float(res.lam[res.lam > 0].median()) if (res.lam > 0).any() else 0.0,
                         iterations=res.iterations, err_before=res.err_before, err_after=res.err_after,
@@ -153,7 +159,7 @@ class Sparsify:
 
     def __call__(self, steps: list[Step], runner: Runner) -> None:
         for s in steps:
-            dense_layer = copy.deepcopy(s.layer) if self.full else None
+            dense_layer = copy.deepcopy(s.layer) if self.full or self.at_once else None
             stages = []
             for stage in self.family.stages():
                 acc = self._stage_stats(runner, s, stage[0], dense_layer) if self.needs_data else None
