@@ -26,7 +26,7 @@ from toolchain.atomic import atomic_path
 from toolchain.compress import compress, dense_statistics
 from toolchain.criteria import CRITERIA
 from toolchain.models import Model
-from toolchain.recipe import CompressOptions
+from toolchain.recipe import PRICINGS, CompressOptions
 from toolchain.sinks import MemorySink
 
 from .tablekit import add_setup_arguments, dense_line, setup_from, setup_record, write_table
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--criteria", default=",".join(sorted(CRITERIA)))
     p.add_argument("--reconstruct", default="none,bias,liar")
     p.add_argument("--allocations", default="uniform,global")
+    p.add_argument("--pricing", default=CompressOptions.pricing, choices=PRICINGS, help="global allocation's pricing")
     add_setup_arguments(p)
     p.add_argument("--global-only-criteria", default="",
                    help="criteria run with global allocation only (to bound the grid's cost)")
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     grid += [(s, c, m, "global") for c in args.global_only_criteria.split(",") if c
              for s in sparsities for m in methods]
     for sparsity, criterion, method, allocation in grid:
-        opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation)
+        opts = CompressOptions(sparsity=sparsity, criterion=criterion, reconstruct=method, allocation=allocation,
+                                   pricing=args.pricing)
         with PeakRSS() as mem:
             model, seconds = run(dense, ids, opts, dense_stats=stats)
         row = {"sparsity": sparsity, "criterion": criterion, "reconstruct": method, "allocation": allocation,
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         del model
     if args.sequential:
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
-            opts = CompressOptions(sparsity=sparsity, mode="sequential")
+            opts = CompressOptions(sparsity=sparsity, mode="sequential", pricing=args.pricing)
             with PeakRSS() as mem:
                 model, seconds = run(dense, ids, opts)
             row = {**{k: getattr(opts, k) for k in ("sparsity", "criterion", "reconstruct", "allocation", "mode")},

@@ -25,7 +25,7 @@ import torch
 
 from toolchain.compress import compress, dense_statistics
 from toolchain.local import default_steps
-from toolchain.recipe import LOCAL_INPUTS, CompressOptions, LocalOptions
+from toolchain.recipe import LOCAL_INPUTS, PRICINGS, CompressOptions, LocalOptions
 from toolchain.sinks import MemorySink
 
 from .compression_table import block_sparsity, run
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=LocalOptions.lr)
     p.add_argument("--batch-size", type=int, default=LocalOptions.batch_size)
     p.add_argument("--inputs", default=LocalOptions.inputs, choices=LOCAL_INPUTS)
+    p.add_argument("--pricing", default=CompressOptions.pricing, choices=PRICINGS, help="global allocation's pricing")
     add_setup_arguments(p)
     args = p.parse_args(argv)
     device = torch.device("cpu")
@@ -67,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
                                                  args.criteria.split(",")):
         common = {"sparsity": sparsity, "criterion": criterion}
         if "liar" in methods:
-            model, seconds = run(dense, ids, CompressOptions(sparsity=sparsity, criterion=criterion), stats)
+            model, seconds = run(dense, ids, CompressOptions(sparsity=sparsity, criterion=criterion, pricing=args.pricing),
+                                stats)
             record({**common, "method": "liar", "granularity": None, "seconds": sum(seconds.values()),
                     "local": None}, model)
         for method, gran in itertools.product([m for m in methods if m != "liar"], args.granularities.split(",")):
-            opts = CompressOptions(sparsity=sparsity, criterion=criterion,
+            opts = CompressOptions(sparsity=sparsity, criterion=criterion, pricing=args.pricing,
                                    reconstruct="liar" if method == "liar+local" else "none")
             lopts = LocalOptions(granularity=gran, inputs=args.inputs, steps=args.steps, lr=args.lr,
                                  batch_size=args.batch_size)
