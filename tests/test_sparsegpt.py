@@ -96,12 +96,13 @@ def test_dead_inputs_are_pruned_first():
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-@pytest.mark.parametrize("reconstruct", ["none", "fista"])
-def test_sparsify_with_sparsegpt(pattern, reconstruct):
+@pytest.mark.parametrize("reconstruct, target, within", [("none", "dense", "sequential"), ("fista", "dense", "sequential"),
+                                                         ("refit", "pruned", "at-once"), ("fista", "pruned", "at-once")])
+def test_sparsify_with_sparsegpt(pattern, reconstruct, target, within):
     model = tiny_model(seed=6)
     sink = MemorySink(model)
     opts = SparsityOptions(pattern=pattern, criterion="sparsegpt", reconstruct=reconstruct, iters=5, steps=3,
-                           refit_iters=10)
+                           refit_iters=10, target=target, within_layer=within)
     report = sparsify(model, CALIB, opts, CPU, sink, progress=False)
     assert report["sparsity"] == 0.5
     state = sink.close(model.widths, {}).module().state_dict()
@@ -112,8 +113,10 @@ def test_sparsify_with_sparsegpt(pattern, reconstruct):
             if pattern == "2:4":
                 assert ((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all(), name
     for st in (st for lay in report["layers"] for st in lay["stages"]):
-        if reconstruct == "fista":  # never worse than SparseGPT, its warm start, on calibration data
+        if reconstruct != "none":  # never worse than SparseGPT, its warm start, on calibration data
             assert st["err_after"] <= st["err_before"]
+            if reconstruct == "refit":  # no λ steps: only the least-squares fit on SparseGPT's mask
+                assert st["iterations"] == 10 and st["warm_start_rows"] == st["rows"]
         else:
             assert 0 < st["err"] < 1
 
@@ -135,3 +138,19 @@ def test_benchmark_recipes_and_zero_count():
     counted = count_sparsity(sink.close(dense.widths, {}).module(), "2:4")
     assert counted["two_of_four"] and counted["sparsity"] == pytest.approx(0.5) and counted["row_min"] == 0.5
     assert not count_sparsity(dense.module(), "2:4")["two_of_four"]
+
+
+def test_at_once_takes_every_stages_inputs_from_the_layer_as_it_was():
+    """--within-layer at-once: the first stage (q/k/v) sees what it sees in sequential mode, later
+    stages see the unpruned layer's activations, so o_proj comes out differently."""
+    results = {}
+    for within in ("sequential", "at-once"):
+        model = tiny_model(seed=6)
+        sink = MemorySink(model)
+        sparsify(model, CALIB, SparsityOptions(criterion="sparsegpt", reconstruct="none", within_layer=within), CPU,
+                 sink, progress=False)
+        results[within] = sink.close(model.widths, {}).module().state_dict()
+    a, b = results["sequential"], results["at-once"]
+    first = "model.layers.0.self_attn"
+    assert torch.equal(a[f"{first}.q_proj.weight"], b[f"{first}.q_proj.weight"])
+    assert not torch.equal(a[f"{first}.o_proj.weight"], b[f"{first}.o_proj.weight"])

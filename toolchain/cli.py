@@ -64,8 +64,8 @@ def export_parser() -> argparse.ArgumentParser:
                    default=None,
                    help="structured: liar (default), bias (FLAP), none, local, liar+local (AdamW refinement of "
                    f"each pruned submodel against the dense model's activations); unstructured/2:4: "
-                   f"{', '.join(SPARSE_METHODS)} (default {SparsityOptions.reconstruct}: SparseGPT updates the kept "
-                   f"weights itself)")
+                   f"{', '.join(SPARSE_METHODS)} (default {SparsityOptions.reconstruct}; refit: least squares for the "
+                   "kept weights on the criterion's mask; fista: a λ search for a better mask, then that refit)")
     g.add_argument("--allocation", choices=ALLOCATION_CHOICES, default="auto",
                    help="uniform: same widths in every layer; global: per-layer widths; auto (default): global, "
                    "or uniform when --to gguf targets a llama.cpp architecture that reads one width for all layers")

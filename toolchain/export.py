@@ -107,8 +107,9 @@ def memory_needed(model: Model, req: ExportRequest) -> dict[str, int]:
             stats = int((3.0 if sequential else 2.25) * widest * widest * 8)
     elif req.compresses:
         sp = req.sparse
-        copies += 1 if (sp.reconstruct == "fista" and sp.target == "dense") or sp.within_layer == "at-once" else 0
-        stats = 5 * widest * widest * 8 if req.sparse.reconstruct == "fista" else 0
+        solves = sp.reconstruct in ("fista", "refit")
+        copies += 1 if (solves and sp.target == "dense") or sp.within_layer == "at-once" else 0
+        stats = 5 * widest * widest * 8 if solves else 0
     compress_peak = embed + layer * copies + stats + 4 * stream if req.compresses else 0
     total = model.param_summary()["total"]
     verify = (vocab * d["hidden_size"] * 4 + 2 * layer) if req.verify else 0

@@ -31,7 +31,7 @@ LOCAL_INPUTS = ("dense", "pruned")
 # unstructured / 2:4 sparsity: toolchain.unstructured, .fista
 PATTERNS = ("unstructured", "2:4")
 SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
-SPARSE_METHODS = ("fista", "none")
+SPARSE_METHODS = ("refit", "fista", "none")  # refit: least squares on the criterion's mask (FISTA with no λ steps)
 FISTA_TARGETS = ("dense", "pruned")
 WITHIN_LAYER = ("sequential", "at-once")
 # outputs: exporters.gguf.quants and exporters.onnx.quantize hold what each name means
@@ -211,7 +211,9 @@ class SparsityOptions:
             raise UserError(f"FISTA damping must be ≥ 0 and lambda_min in (0, 1) (got {self.damp}, {self.lambda_min})")
 
     def fista(self) -> FistaOptions:
-        return FistaOptions(self.iters, self.steps, self.refit_iters, self.damp, self.lambda_min)
+        """The solver's budget: `refit` is FISTA without λ steps, a least-squares fit on the warm start's mask."""
+        steps = 0 if self.reconstruct == "refit" else self.steps
+        return FistaOptions(self.iters, steps, self.refit_iters, self.damp, self.lambda_min)
 
 
 @dataclass

@@ -19,7 +19,9 @@ Criteria (the mask, and FISTA's warm start), per output row as in Wanda:
     wanda      |W_ij| · ‖x*_j‖
     sparsegpt  OBS saliency with column-by-column weight updates (toolchain.sparsegpt,
                from the full E[x* x*ᵀ]); its updated weights are the warm start
-Reconstruction: `fista` (toolchain.fista) or `none` (the criterion's result as it is).
+Reconstruction: `refit` (least squares for the kept weights on the criterion's mask: SparseGPT's
+objective solved exactly), `fista` (toolchain.fista: a λ search for a better mask, then that
+refit) or `none` (the criterion's result as it is).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Sparsify:
 
     def __init__(self, model: Model, opts: SparsityOptions):
         self.model, self.family, self.opts = model, model.family, opts
-        self.fista = opts.reconstruct == "fista"
+        self.fista = opts.reconstruct in ("fista", "refit")  # toolchain.fista.solve runs either
         self.full = self.fista and opts.target == "dense"  # both streams: the target is the dense model's
         self.hessian = self.fista or opts.criterion == "sparsegpt"
         self.needs_data = self.hessian or opts.criterion == "wanda"
