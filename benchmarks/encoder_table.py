@@ -20,14 +20,15 @@ from .tablekit import run_cli, write_table
 
 # legal prose like the held-out text but none of it (benchmarks/data/README.md): in-domain calibration
 LICENSES = Path(__file__).resolve().parent / "data" / "permissive_licenses.txt"
-RECIPES = {  # row label → the recipe part of the liar-export command line
-    "default (encoder recipe)": [],
-    "liar, one-shot, global": ["--reconstruct", "liar", "--mode", "oneshot"],
-    "liar, one-shot, uniform": ["--reconstruct", "liar", "--mode", "oneshot", "--allocation", "uniform"],
-    "bias (FLAP)": ["--reconstruct", "bias"],
-    "default, in-domain calibration": ["--calib", str(LICENSES)],
-    "liar, one-shot, global, in-domain calibration": ["--reconstruct", "liar", "--mode", "oneshot",
-                                                      "--calib", str(LICENSES)],
+RECIPES = {  # row name → (what the README row says, the recipe part of the liar-export command line)
+    "default": ("default (encoder recipe)", []),
+    "oneshot-global": ("liar, one-shot, global", ["--reconstruct", "liar", "--mode", "oneshot"]),
+    "oneshot-uniform": ("liar, one-shot, uniform", ["--reconstruct", "liar", "--mode", "oneshot",
+                                                     "--allocation", "uniform"]),
+    "bias": ("bias (FLAP)", ["--reconstruct", "bias"]),
+    "default-licenses": ("default, in-domain calibration", ["--calib", str(LICENSES)]),
+    "oneshot-global-licenses": ("liar, one-shot, global, in-domain calibration",
+                                ["--reconstruct", "liar", "--mode", "oneshot", "--calib", str(LICENSES)]),
 }
 MIB = 2**20
 
@@ -66,12 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-o", "--output", required=True, help="output prefix (.json and .md are written)")
     p.add_argument("--work", required=True, help="directory for the ONNX exports")
     p.add_argument("--sparsities", default="0.3,0.5")
-    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated row labels of RECIPES")
+    p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated rows, of {', '.join(RECIPES)}")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the latency (default 1)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-tokens", type=int, default=128)
     args = p.parse_args(argv)
+    unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
+    if unknown:
+        p.error(f"unknown recipe rows {', '.join(unknown)}: choose from {', '.join(RECIPES)}")
 
     import torch
 
@@ -81,10 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     model, work = minilm_dir(), Path(args.work)
     rows = [{"sparsity": 0.0, "recipe": "dense", "export": run_cli(model, work / "dense", ["--sparsity", "0", "--to", "onnx"])}]
     for sparsity in args.sparsities.split(","):
-        for label in args.recipes.split(","):
-            out = work / f"s{sparsity}-{len(rows)}"
+        for name in args.recipes.split(","):
+            label, recipe = RECIPES[name]
+            out = work / f"s{sparsity}-{name}"
             rows.append({"sparsity": float(sparsity), "recipe": label,
-                         "export": run_cli(model, out, ["--sparsity", sparsity, *RECIPES[label], "--to", "onnx"])})
+                         "export": run_cli(model, out, ["--sparsity", sparsity, *recipe, "--to", "onnx"])})
             print(f"{rows[-1]['export']['command']}: {rows[-1]['export']['seconds']:.0f} s", flush=True)
     bench = run_encoders([r["export"]["summary"]["artifacts"]["onnx"] for r in rows], args.threads, args.batch,
                          args.seq_tokens, args.repeats, iters=10, warmup=2, text_path=None)

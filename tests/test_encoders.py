@@ -378,3 +378,16 @@ def test_retrieval_pairs_split_passages_in_halves():
     assert len(queries) == len(documents) == 10
     assert queries[1].split() == [f"w{i}" for i in range(20, 30)]
     assert documents[1].split() == [f"w{i}" for i in range(30, 40)]
+
+
+def test_encoder_table_rows_parse_before_any_work(tmp_path, capsys):
+    """benchmarks.encoder_table: every default row is a known recipe (row names have no commas, so
+    the default --recipes splits back into them) and an unknown row is refused before any export."""
+    from benchmarks.encoder_table import RECIPES, main
+
+    parser_default = ",".join(RECIPES)
+    assert all(name in RECIPES for name in parser_default.split(","))
+    with pytest.raises(SystemExit) as exc:
+        main(["-o", str(tmp_path / "t"), "--work", str(tmp_path / "w"), "--recipes", "default,no-such-row"])
+    assert exc.value.code == 2 and "no-such-row" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -13,7 +13,9 @@ from toolchain.unstructured import sparsify
 
 CALIB = sample_ids(n=32, seed=7, batch=8)
 QUICK = dict(iters=5, steps=3, refit_iters=10)
-FISTA = dict(reconstruct="fista", **QUICK)  # FISTA runs after the mask (not the default: recipe.py)
+# FISTAPruner's setting (not the default, recipe.py): each operator's inputs through the stages pruned
+# before it, the dense model's output as the target
+FISTA = dict(reconstruct="fista", target="dense", within_layer="sequential", **QUICK)
 CPU = torch.device("cpu")
 
 

@@ -33,7 +33,9 @@ def _run(name: str, sink_factory):
     model = open_model(str(DATA / "tiny_dense"))
     sink = sink_factory(model)
     if rec["kind"] == "sparse":
-        sparsify(model, CALIB, SparsityOptions(**rec["options"]), CPU, sink, progress=False)
+        # the sparse defaults before SparseGPT + refit (at-once inputs, pruned target)
+        options = {"target": "dense", "within_layer": "sequential", **rec["options"]}
+        sparsify(model, CALIB, SparsityOptions(**options), CPU, sink, progress=False)
         return sink.close(model.widths, {}), None
     local = LocalOptions(**rec["local"]) if rec["kind"] == "liar+local" else None
     options = {"pricing": "score", **rec["options"]}  # the default before balanced pricing

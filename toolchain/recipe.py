@@ -171,14 +171,12 @@ class SparsityOptions:
 
     pattern: str = "unstructured"
     sparsity: float = 0.5
-    # SparseGPT (its OBS row updates are a reconstruction of their own) and nothing after it: on
-    # SmolLM2, 32×256 calibration tokens, held-out legal prose, it beat Wanda at 50% (55.83 vs 56.38)
-    # and 2:4 (105.85 vs 186.91), and llm-compressor's SparseGPT on the same tokens at 50% (57.15)
-    # (benchmarks/results/peers/). FISTA (--reconstruct fista, warm-started from this mask) lowers the
-    # calibration error but was measured to raise held-out perplexity after Wanda (README), and is
-    # not yet measured after SparseGPT, so it is not the default.
+    # SparseGPT's mask, then `refit`: least squares for the kept weights on that mask (FISTA with no
+    # λ steps) against the operator's own output on the pruned model's inputs (target "pruned"), each
+    # operator's inputs taken from the layer as it was (within_layer "at-once", as llm-compressor
+    # does). Measured side by side with llm-compressor's SparseGPT in benchmarks/results/peers/ (README).
     criterion: str = "sparsegpt"
-    reconstruct: str = "none"
+    reconstruct: str = "refit"
     iters: int = FistaOptions.iters  # FISTA iterations per λ step
     steps: int = FistaOptions.steps  # λ bisection steps
     refit_iters: int = FistaOptions.refit_iters  # λ = 0 iterations on the final mask
@@ -186,11 +184,11 @@ class SparsityOptions:
     lambda_min: float = FistaOptions.lambda_min
     # what FISTA's W* X* must reproduce: W X, the dense model's inputs ("dense", FISTAPruner's error
     # correction), or W X*, the operator's own output on the pruned model's inputs ("pruned", SparseGPT's)
-    target: str = "dense"
+    target: str = "pruned"
     # where an operator's calibration inputs come from inside a layer: through the stages pruned before
     # it ("sequential", FISTAPruner's intra-layer correction) or the layer as it was ("at-once", as
     # llm-compressor's sequential pipeline does); the pruned layer feeds the next layer either way
-    within_layer: str = "sequential"
+    within_layer: str = "at-once"
     seed: int = 0
     batch_size: int = 8
 
