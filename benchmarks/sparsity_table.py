@@ -230,7 +230,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "mean_err_after" in r:
-            err = f"{r['mean_err_before']:.4f} → {r['mean_err_after']:.4f} (dense target)"
+            err = f"{r['mean_err_before']:.4f} → {r['mean_err_after']:.4f} ({r['options'].get('target', 'dense')} target)"
         elif "mean_err" in r:
             err = f"{r['mean_err']:.4f} (own inputs)"
         else:
