@@ -10,7 +10,10 @@ llm-compressor 0.14 (PyPI `llmcompressor`) runs in its own virtual environment
 from liar-export). Then, from the main environment:
 
     python -m benchmarks.peers -o benchmarks/results/peers/smollm2 --threads 1 \\
-        --liar benchmarks/results/sparsity_unstructured.json benchmarks/results/sparsity_2of4.json
+        --liar benchmarks/results/peers/smollm2-liar-unstructured.json benchmarks/results/peers/smollm2-liar-2of4.json
+
+(the liar-export rows: `benchmarks.sparsity_table` results with the same calibration and
+evaluation settings; the README has the commands that made them).
 
 What happens:
   1. The main environment writes the dense SmolLM2-135M-Instruct as a Hugging Face directory
