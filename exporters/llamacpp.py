@@ -8,13 +8,13 @@ logits for every position (`logits_all=True`), one window per `reset()`.
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from toolchain.cpus import usable_cpus
 from toolchain.errors import UserError
 from toolchain.perplexity import LogitsFn, perplexity
 
@@ -59,7 +59,7 @@ def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None,
     check_gguf_file(path)
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
-                     n_threads=n_threads or os.cpu_count(), logits_all=logits_all,
+                     n_threads=n_threads or usable_cpus(), logits_all=logits_all,
                      type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"llama.cpp cannot load {path}: {e}") from None

@@ -3,6 +3,7 @@ CLI test prunes, and the real SmolLM2 runs the slow tests check (GGUF, ONNX, com
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,35 @@ from toolchain.models import default_model_path
 # The golden runs (tests/data/golden) were made before `--pricing balanced` became the default: the
 # shared SmolLM2 fixtures keep FLAP's score pricing so their plans stay comparable with those runs.
 SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32", "--pricing", "score"]
+# Session fixtures too costly to build once per pytest-xdist worker (.ci/run runs `-n 2 --dist loadgroup`):
+# the tests that use one run on the same worker.
+SHARED_FIXTURES = {"smollm2_s50": "smollm2", "smollm2_s50_local": "smollm2", "tiny_artifacts": "tiny-artifacts"}
+
+
+def pytest_configure(config) -> None:
+    """An xdist worker gets its share of the cores (affinity, torch threads): the runtimes size their
+    thread pools from it (toolchain/cpus.py), so workers never spin against each other."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        import torch
+
+        cpus = sorted(os.sched_getaffinity(0))
+        mine = cpus[int(worker.removeprefix("gw")) % len(cpus)::int(count)] or cpus
+        os.sched_setaffinity(0, mine)
+        torch.set_num_threads(len(mine))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Group for `--dist loadgroup`: by shared session fixture, else by module when a module-scoped
+    fixture is used (built once per module); other tests go to whichever worker is free."""
+    for item in items:
+        group = next((g for name, g in SHARED_FIXTURES.items() if name in item.fixturenames), None)
+        info = getattr(item, "_fixtureinfo", None)
+        if group is None and info is not None and any(
+                defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            group = item.module.__name__
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +76,10 @@ def smollm2_s50(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def smollm2_s50_local(tmp_path_factory) -> dict:
-    """The same run with --reconstruct liar+local (defaults), exported to GGUF and ONNX at q8_0 too."""
+    """The same run with --reconstruct liar+local (defaults), exported to GGUF at q8_0 too (the ONNX
+    exporter's real-model check is tests/test_onnx_smollm2.py, on the LIAR-only fixture)."""
     out = tmp_path_factory.mktemp("smollm2") / "s50-local"
-    return liar_export(out, "--to", "hf", "--to", "gguf", "--to", "onnx", "--quant", "q8_0",
+    return liar_export(out, "--to", "hf", "--to", "gguf", "--quant", "q8_0",
                        "--reconstruct", "liar+local", *SMOLLM2_S50_ARGS)
 
 

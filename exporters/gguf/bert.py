@@ -18,7 +18,6 @@ tokenizer's.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ from typing import Iterator
 import gguf
 import numpy as np
 
+from toolchain.cpus import usable_cpus
 from toolchain.embeddings import TorchEncoder
 from toolchain.errors import UserError
 from toolchain.families import GGUFArch
@@ -148,7 +148,7 @@ def open_embedder(path: str | Path, n_ctx: int, n_threads: int | None = None):
     check_gguf_file(path)
     try:
         return Llama(model_path=str(path), embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                     n_threads=n_threads or os.cpu_count(), verbose=False)
+                     n_threads=n_threads or usable_cpus(), verbose=False)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"llama.cpp cannot load {path}: {e}") from None
 

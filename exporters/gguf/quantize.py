@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Iterator
 
+from toolchain.cpus import usable_cpus
 from toolchain.gguf_layout import read_layout
 from .quants import FLOAT_ONLY, QuantSpec
 
@@ -46,7 +47,7 @@ def llama_quantize(src: Path, dst: Path, spec: QuantSpec, n_threads: int | None 
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(spec.file_type)
-    params.nthread = n_threads or os.cpu_count() or 1
+    params.nthread = n_threads or usable_cpus()
     with tempfile.TemporaryFile() as log:
         with _native_stderr_to(log):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),

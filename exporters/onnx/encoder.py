@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from toolchain.atomic import atomic_path
+from toolchain.cpus import usable_cpus
 from toolchain.errors import UserError, VerificationError
 from toolchain.models import Model
 from toolchain.passages import tokenize, verification_texts
@@ -87,8 +88,7 @@ class OnnxEncoder:
                             f"{self.io.get('kind')!r}): export it with liar-export --to onnx")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads or usable_cpus()), 1
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=resolve_providers(providers))
         except Exception as e:  # onnxruntime raises its own pybind error types

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from toolchain.cpus import usable_cpus
 from toolchain.errors import UserError
 from toolchain.perplexity import LogitsFn
 
@@ -63,9 +64,7 @@ class OnnxDecoder:
         self.io = read_io(self.path)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads or usable_cpus()), 1
         try:
             self.session = ort.InferenceSession(str(self.path), opts,
                                                 providers=resolve_providers(providers))
