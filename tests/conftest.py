@@ -13,7 +13,7 @@ from toolchain.models import default_model_path
 # The golden runs (tests/data/golden) were made before `--pricing balanced` became the default: the
 # shared SmolLM2 fixtures keep FLAP's score pricing so their plans stay comparable with those runs.
 SMOLLM2_S50_ARGS = ["--sparsity", "0.5", "--allocation", "global", "--calib-samples", "32", "--pricing", "score"]
-# Session fixtures too costly to build once per pytest-xdist worker (.ci/run runs `-n 2 --dist loadgroup`):
+# Session fixtures too costly to build once per pytest-xdist worker (.ci/run: `-n 2 --dist loadgroup`):
 # the tests that use one run on the same worker.
 SHARED_FIXTURES = {"smollm2_s50": "smollm2", "smollm2_s50_local": "smollm2", "tiny_artifacts": "tiny-artifacts"}
 
@@ -31,17 +31,25 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(len(mine))
 
 
+def _group(item) -> str | None:
+    """The shared session fixture's group, else the module when a module-scoped fixture is used."""
+    group = next((g for name, g in SHARED_FIXTURES.items() if name in item.fixturenames), None)
+    info = getattr(item, "_fixtureinfo", None)
+    if group is None and info is not None and any(
+            defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+        group = item.module.__name__
+    return group
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Group for `--dist loadgroup`: by shared session fixture, else by module when a module-scoped
-    fixture is used (built once per module); other tests go to whichever worker is free."""
+    """Group for `--dist loadgroup` (a group runs on one worker, other tests on whichever is free) and
+    put the longest work first — the SmolLM2 chain, then the other real-model tests — so that with
+    `--no-loadscope-reorder` the other worker fills in around it instead of waiting at the end."""
+    groups = {item.nodeid: _group(item) for item in items}
     for item in items:
-        group = next((g for name, g in SHARED_FIXTURES.items() if name in item.fixturenames), None)
-        info = getattr(item, "_fixtureinfo", None)
-        if group is None and info is not None and any(
-                defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
-            group = item.module.__name__
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if groups[item.nodeid] is not None:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    items.sort(key=lambda item: (groups[item.nodeid] != "smollm2", item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")

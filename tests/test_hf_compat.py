@@ -184,14 +184,14 @@ def test_per_layer_checkpoint_without_remote_code_fails_loudly(checkpoints):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("allocation", ["global", "uniform"])
-def test_smollm2_checkpoints_in_plain_transformers(allocation, smollm2_s50, tmp_path):
+def test_smollm2_checkpoints_in_plain_transformers(allocation, request, tmp_path):
     """The acceptance run: SmolLM2 pruned 50% per layer (remote code) and uniformly (standard llama)."""
     from tests.conftest import SMOLLM2_S50_ARGS, liar_export
     from toolchain.perplexity import encode
     from toolchain.texts import heldout_text
 
-    if allocation == "global":
-        summary = smollm2_s50
+    if allocation == "global":  # the shared fixture, asked for here only: the uniform run is independent of it
+        summary = request.getfixturevalue("smollm2_s50")
     else:
         args = [a if a != "global" else "uniform" for a in SMOLLM2_S50_ARGS]
         summary = liar_export(tmp_path / "uniform", "--to", "hf", *args)
