@@ -182,30 +182,37 @@ def test_per_layer_checkpoint_without_remote_code_fails_loudly(checkpoints):
     assert "mismatch" in checkpoints["refused"]["error"].lower()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("allocation", ["global", "uniform"])
-def test_smollm2_checkpoints_in_plain_transformers(allocation, request, tmp_path):
-    """The acceptance run: SmolLM2 pruned 50% per layer (remote code) and uniformly (standard llama)."""
-    from tests.conftest import SMOLLM2_S50_ARGS, liar_export
+def _loads_in_plain_transformers(summary: dict, uniform: bool, tmp_path: Path) -> None:
+    """The checkpoint of `summary` in a fresh process (remote code for per-layer widths): the same
+    logits and greedy tokens as open_model's."""
     from toolchain.perplexity import encode
     from toolchain.texts import heldout_text
 
-    if allocation == "global":  # the shared fixture, asked for here only: the uniform run is independent of it
-        summary = request.getfixturevalue("smollm2_s50")
-    else:
-        args = [a if a != "global" else "uniform" for a in SMOLLM2_S50_ARGS]
-        summary = liar_export(tmp_path / "uniform", "--to", "hf", *args)
     d = Path(summary["artifacts"]["hf"])
     ours = open_model(str(d))
-    assert ours.widths.is_uniform is (allocation == "uniform")
-    assert (d / REMOTE_FILE).is_file() is (allocation == "global")
+    assert ours.widths.is_uniform is uniform
+    assert (d / REMOTE_FILE).is_file() is not uniform
     ids = encode(ours.tokenizer, heldout_text())[:96]
-    remote = allocation == "global"
-    loaded = load_elsewhere([{"dir": str(d), "remote": remote, "ids": ids, "new": 12,
-                              "out": str(tmp_path / "logits.npy")}], tmp_path)[str(d), remote]
+    loaded = load_elsewhere([{"dir": str(d), "remote": not uniform, "ids": ids, "new": 12,
+                              "out": str(tmp_path / "logits.npy")}], tmp_path)[str(d), not uniform]
     with torch.no_grad():
         want = ours.module()(torch.tensor([ids])).logits[0]
         tokens = ours.module().generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):]
     got = torch.from_numpy(np.load(tmp_path / "logits.npy"))
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert loaded["tokens"] == tokens.tolist()
+
+
+@pytest.mark.slow
+def test_smollm2_per_layer_checkpoint_in_plain_transformers(smollm2_s50, tmp_path):
+    """The acceptance run, per-layer widths: SmolLM2 pruned 50% with global allocation (remote code)."""
+    _loads_in_plain_transformers(smollm2_s50, False, tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_uniform_checkpoint_in_plain_transformers(tmp_path):
+    """The acceptance run, uniform widths: the same recipe with --allocation uniform (standard llama)."""
+    from tests.conftest import SMOLLM2_S50_ARGS, liar_export
+
+    args = [a if a != "global" else "uniform" for a in SMOLLM2_S50_ARGS]
+    _loads_in_plain_transformers(liar_export(tmp_path / "uniform", "--to", "hf", *args), True, tmp_path)
