@@ -14,6 +14,8 @@ onnxruntime latency of one fixed batch, interleaved repeats, one thread.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 from pathlib import Path
 
 from .tablekit import run_cli, write_table
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-tokens", type=int, default=128)
+    p.add_argument("--reuse", action="store_true",
+                   help="keep an export already in --work (its summary.json) instead of running it again")
     args = p.parse_args(argv)
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
@@ -83,13 +87,21 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     model, work = minilm_dir(), Path(args.work)
-    rows = [{"sparsity": 0.0, "recipe": "dense", "export": run_cli(model, work / "dense", ["--sparsity", "0", "--to", "onnx"])}]
+
+    def export(out: Path, cli: list[str]) -> dict:
+        done = out / "summary.json"
+        if args.reuse and done.is_file():  # an earlier run of this table (same --work): its own time
+            summary = json.loads(done.read_text())
+            return {"command": "liar-export " + shlex.join(["MODEL", *cli]), "seconds": summary["seconds"]["total"],
+                    "summary": summary, "reused": True}
+        return run_cli(model, out, cli)
+
+    rows = [{"sparsity": 0.0, "recipe": "dense", "export": export(work / "dense", ["--sparsity", "0", "--to", "onnx"])}]
     for sparsity in args.sparsities.split(","):
         for name in args.recipes.split(","):
             label, recipe = RECIPES[name]
-            out = work / f"s{sparsity}-{name}"
             rows.append({"sparsity": float(sparsity), "recipe": label,
-                         "export": run_cli(model, out, ["--sparsity", sparsity, *recipe, "--to", "onnx"])})
+                         "export": export(work / f"s{sparsity}-{name}", ["--sparsity", sparsity, *recipe, "--to", "onnx"])})
             print(f"{rows[-1]['export']['command']}: {rows[-1]['export']['seconds']:.0f} s", flush=True)
     bench = run_encoders([r["export"]["summary"]["artifacts"]["onnx"] for r in rows], args.threads, args.batch,
                          args.seq_tokens, args.repeats, iters=10, warmup=2, text_path=None)
