@@ -138,8 +138,11 @@ def test_memory_checked_before_work(tiny_dir, tmp_path, monkeypatch, capsys):
 def _start_export(tiny_dir: Path, out: Path) -> subprocess.Popen:
     # hf + gguf + onnx: the ONNX trace keeps the export inside its temporary directory for
     # seconds even on a fast idle machine, so the signal lands mid-write
+    # Ctrl-C as in a terminal: a test run started in the background of a non-interactive shell ignores
+    # SIGINT, a child inherits that (Python then installs no KeyboardInterrupt handler): reset it here
     return subprocess.Popen([*CLI, str(tiny_dir), "--to", "hf", "--to", "gguf", "--to", "onnx", "--quant", "f32",
-                             "-o", str(out), *FAST], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out), *FAST], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_export_phase(proc: subprocess.Popen, parent: Path, timeout: float = 300) -> None:
