@@ -43,13 +43,15 @@ def _group(item) -> str | None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Group for `--dist loadgroup` (a group runs on one worker, other tests on whichever is free) and
-    put the longest work first — the SmolLM2 chain, then the other real-model tests — so that with
+    put the longest work first — the SmolLM2 chain, the other real-model tests, then the groups of fast
+    tests (one worker each, e.g. all `tiny_artifacts` users) — so that with
     `--no-loadscope-reorder` the other worker fills in around it instead of waiting at the end."""
     groups = {item.nodeid: _group(item) for item in items}
     for item in items:
         if groups[item.nodeid] is not None:
             item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
-    items.sort(key=lambda item: (groups[item.nodeid] != "smollm2", item.get_closest_marker("slow") is None))
+    items.sort(key=lambda item: (groups[item.nodeid] != "smollm2", item.get_closest_marker("slow") is None,
+                                 groups[item.nodeid] is None))
 
 
 @pytest.fixture(scope="session")
