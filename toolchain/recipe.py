@@ -41,9 +41,9 @@ DEFAULT_GGUF_QUANT = "q4_k_m"
 ONNX_QUANTS = ("none", "int8", "int4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-# Sentence encoders measured best with another recipe than the decoders (all-MiniLM-L6-v2:
-# benchmarks/encoder_table.py → benchmarks/results/encoders/): the options a command line leaves
-# unset take these values once the model turns out to be an encoder (ExportRequest.for_encoder).
+# Sentence encoders get their own recipe: the options a command line leaves unset take these values
+# once the model turns out to be an encoder (ExportRequest.for_encoder). On all-MiniLM-L6-v2
+# (benchmarks/results/encoders/minilm.md) it ties one-shot global LIAR in quality at 3.5-5.5x its time.
 ENCODER_DEFAULTS = {"mode": "sequential", "reconstruct": "liar+local", "calib_samples": 512, "calib_seqlen": 128}
 # `--recipe NAME`: named points on structured pruning's time / quality trade-off, measured on SmolLM2-135M
 # (benchmarks/presets_table.py → benchmarks/results/presets/): the options a command line leaves unset
