@@ -157,6 +157,28 @@ def _wait_for_export_phase(proc: subprocess.Popen, parent: Path, timeout: float 
     pytest.fail("the export never reached its ONNX phase")
 
 
+def test_a_swallowed_interrupt_still_stops_the_commit(tmp_path):
+    """Python drops a KeyboardInterrupt raised inside a finaliser; the handler's flag still keeps
+    the half-done output from being published."""
+    from toolchain import atomic
+
+    target = tmp_path / "out"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.atomic_path(target, is_dir=True) as tmp:
+                (tmp / "f").write_text("x")
+                try:
+                    atomic.interrupt(signal.SIGINT, None)
+                except KeyboardInterrupt:
+                    pass  # what a finaliser's caller does with it
+        assert not target.exists() and not list(tmp_path.iterdir())
+    finally:
+        atomic.reset_interrupt()
+    with atomic.atomic_path(target, is_dir=True) as tmp:
+        (tmp / "f").write_text("x")
+    assert (target / "f").read_text() == "x"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_export_leaves_no_finished_artifact(sig, tiny_dir, tmp_path):
     out = tmp_path / "out"
@@ -169,7 +191,7 @@ def test_interrupted_export_leaves_no_finished_artifact(sig, tiny_dir, tmp_path)
     proc.send_signal(sig)
     proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
-    assert not out.exists()  # nothing at the path a pipeline would pick up
+    assert not out.exists(), (proc.returncode, err)  # nothing at the path a pipeline would pick up
     assert not list(tmp_path.rglob("manifest.json"))  # no manifest claims completion
     if sig == signal.SIGINT:
         assert proc.returncode == EXIT_INTERRUPTED, err

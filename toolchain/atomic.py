@@ -13,6 +13,23 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+# Set by `interrupt` (the commands' SIGINT / SIGTERM handler). Python drops a KeyboardInterrupt raised
+# while native code runs a finaliser or callback, and an ONNX export was seen to finish after Ctrl-C:
+# a commit that finds this set refuses to publish.
+_interrupted = False
+
+
+def interrupt(signum: int, frame) -> None:
+    """Signal handler: remember the interrupt, then raise it as Ctrl-C does."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def reset_interrupt() -> None:
+    global _interrupted
+    _interrupted = False
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -75,6 +92,8 @@ def atomic_path(target: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
     tmp = _temp_sibling(target, is_dir)
     try:
         yield tmp
+        if _interrupted:
+            raise KeyboardInterrupt
         _default_modes(tmp)
         _fsync_tree(tmp)
         if is_dir and target.exists():

@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from .atomic import interrupt, reset_interrupt
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LiarError, UserError
 
 
@@ -20,17 +21,16 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Call `main(argv)` and turn every failure into one stderr line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format=f"{prog}: %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)  # clean up temporaries as on Ctrl-C
+    reset_interrupt()
+    signal.signal(signal.SIGTERM, interrupt)  # clean up temporaries as on Ctrl-C
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup)
+        signal.signal(signal.SIGINT, interrupt)
     try:
         return main(args)
     except LiarError as e:
