@@ -24,13 +24,11 @@ from .tablekit import run_cli, write_table
 LICENSES = Path(__file__).resolve().parent / "data" / "permissive_licenses.txt"
 RECIPES = {  # row name → (what the README row says, the recipe part of the liar-export command line)
     "default": ("default (encoder recipe)", []),
-    "oneshot-global": ("liar, one-shot, global", ["--reconstruct", "liar", "--mode", "oneshot"]),
-    "oneshot-uniform": ("liar, one-shot, uniform", ["--reconstruct", "liar", "--mode", "oneshot",
-                                                     "--allocation", "uniform"]),
+    "liar": ("liar, no local refinement", ["--reconstruct", "liar"]),
+    "oneshot-uniform": ("liar, uniform widths", ["--reconstruct", "liar", "--allocation", "uniform"]),
     "bias": ("bias (FLAP)", ["--reconstruct", "bias"]),
     "default-licenses": ("default, in-domain calibration", ["--calib", str(LICENSES)]),
-    "oneshot-global-licenses": ("liar, one-shot, global, in-domain calibration",
-                                ["--reconstruct", "liar", "--mode", "oneshot", "--calib", str(LICENSES)]),
+    "bias-licenses": ("bias (FLAP), in-domain calibration", ["--reconstruct", "bias", "--calib", str(LICENSES)]),
 }
 MIB = 2**20
 

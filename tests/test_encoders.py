@@ -243,6 +243,17 @@ def test_per_layer_ffn_checkpoint_is_reopened(encoder_dir, text_file, tmp_path):
     assert len(set(ffn)) > 1 and ffn == [len(lp["channels"]) for lp in plan["layers"]]
 
 
+def test_checkpoint_note_only_where_a_checkpoint_is_asked_for(encoder_dir, text_file, tmp_path, capsys):
+    """Per-layer head widths: transformers cannot load the checkpoint alone, which matters to a user
+    of --to hf only (every run writes a checkpoint internally for its exporters)."""
+    args = [str(encoder_dir), "--sparsity", "0.4", "--calib", str(text_file), *FAST, str(text_file)]
+    note = "cannot be given these per-layer widths"
+    assert export(*args, "--to", "onnx", "-o", str(tmp_path / "onnx")) == 0
+    assert note not in capsys.readouterr().err
+    assert export(*args, "--to", "hf", "-o", str(tmp_path / "hf")) == 0
+    assert note in capsys.readouterr().err
+
+
 def test_onnx_encoder_graph_matches_pytorch_on_any_batch(pruned_export):
     """Dynamic batch and sequence; the pooled, normalised embedding is the model's."""
     from exporters.onnx.encoder import INPUTS, OUTPUTS, OnnxEncoder
@@ -297,16 +308,23 @@ def test_gguf_export_is_uniform_ffn_only_and_verified(encoder_dir, text_file, tm
 
 
 def test_encoder_defaults_fill_only_unset_options():
-    from toolchain.recipe import ENCODER_DEFAULTS
+    from toolchain.recipe import ENCODER_DEFAULTS, CompressOptions, LocalOptions
 
     unset = request_from_args(export_parser().parse_args(["m", "-o", "x"]))
     assert (unset.structured.mode, unset.calib.samples, unset.calib.seqlen, unset.local) == ("oneshot", 64, 256, None)
+    assert (unset.structured.pricing, LocalOptions.epochs) == (CompressOptions.pricing, 1)
     enc = unset.for_encoder()
     assert enc.structured.mode == ENCODER_DEFAULTS["mode"] and enc.calib.samples == ENCODER_DEFAULTS["calib_samples"]
+    assert enc.structured.pricing == ENCODER_DEFAULTS["pricing"] and enc.local.epochs == ENCODER_DEFAULTS["local_epochs"]
     assert enc.reconstruct == ENCODER_DEFAULTS["reconstruct"] and enc.encoder_defaults == {}
-    given = request_from_args(export_parser().parse_args(["m", "-o", "x", "--mode", "oneshot", "--reconstruct", "bias",
-                                                         "--calib-samples", "8", "--calib-seqlen", "16"])).for_encoder()
-    assert (given.structured.mode, given.reconstruct, given.calib.samples, given.calib.seqlen) == ("oneshot", "bias", 8, 16)
+    given = request_from_args(export_parser().parse_args(
+        ["m", "-o", "x", "--mode", "sequential", "--reconstruct", "bias", "--pricing", "score",
+         "--calib-samples", "8", "--calib-seqlen", "16"])).for_encoder()
+    assert (given.structured.mode, given.reconstruct, given.structured.pricing, given.calib.samples,
+            given.calib.seqlen) == ("sequential", "bias", "score", 8, 16)
+    local = request_from_args(export_parser().parse_args(["m", "-o", "x", "--reconstruct", "liar+local",
+                                                         "--local-epochs", "2"])).for_encoder()
+    assert local.local.epochs == 2
     assert "encoder_defaults" not in json.dumps(enc.recipe())
 
 

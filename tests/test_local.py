@@ -163,7 +163,7 @@ def test_a_diverging_submodel_gets_its_starting_weights_back():
 
 
 def test_schedule_and_steps():
-    assert default_steps(12, 4) == 3 and default_steps(13, 4) == 4
+    assert default_steps(12, 4) == 3 and default_steps(13, 4) == 4 and default_steps(13, 4, epochs=3) == 12
     f = [lr_factor(s, 10, 0.2) for s in range(10)]
     assert f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a > b for a, b in zip(f[2:], f[3:])) and f[-1] == pytest.approx(1 / 8)

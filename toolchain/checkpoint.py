@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -103,8 +102,6 @@ def write_config(config, family, widths: Widths, dtype: torch.dtype, out_dir: Pa
     plan.config.save_pretrained(out_dir)
     if plan.remote is not None:
         (out_dir / REMOTE_FILE).write_text(plan.remote)
-    if plan.note:
-        print(f"liar-export: {plan.note}", file=sys.stderr, flush=True)
     return plan
 
 

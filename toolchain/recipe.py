@@ -42,9 +42,12 @@ ONNX_QUANTS = ("none", "int8", "int4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 # Sentence encoders get their own recipe: the options a command line leaves unset take these values
-# once the model turns out to be an encoder (ExportRequest.for_encoder). On all-MiniLM-L6-v2
-# (benchmarks/results/encoders/minilm.md) it ties one-shot global LIAR in quality at 3.5-5.5x its time.
-ENCODER_DEFAULTS = {"mode": "sequential", "reconstruct": "liar+local", "calib_samples": 512, "calib_seqlen": 128}
+# once the model turns out to be an encoder (ExportRequest.for_encoder). Measured on all-MiniLM-L6-v2
+# (benchmarks/encoder_table.py → results/encoders/minilm.md): one-shot statistics beat sequential ones,
+# pricing by estimated error beats scores, and local refinement over many short passages (three epochs)
+# is what lifts cosine to the dense embeddings above one-shot LIAR.
+ENCODER_DEFAULTS = {"mode": "oneshot", "pricing": "error", "reconstruct": "liar+local", "local_epochs": 3,
+                    "calib_samples": 2048, "calib_seqlen": 128}
 # `--recipe NAME`: named points on structured pruning's time / quality trade-off, measured on SmolLM2-135M
 # (benchmarks/presets_table.py → benchmarks/results/presets/): the options a command line leaves unset
 # take these values (an option given explicitly wins). "balanced" is what liar-export runs by default.
@@ -118,7 +121,8 @@ class LocalOptions:
     # that gets worse is reverted anyway).
     granularity: str = "block"  # "module" | "block" | "blocks:K"
     inputs: str = "pruned"       # where the pruned submodel's inputs come from: "pruned" | "dense"
-    steps: int | None = None     # None: one epoch over the calibration sequences
+    steps: int | None = None     # None: `epochs` passes over the calibration sequences
+    epochs: int = 1
     lr: float = 1e-3
     warmup: float = 0.1         # fraction of the steps spent warming up
     batch_size: int = 4
@@ -131,6 +135,8 @@ class LocalOptions:
         check_choice("local-inputs", self.inputs, LOCAL_INPUTS)
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--local-steps must be ≥ 1 (got {self.steps})")
+        if self.epochs < 1:
+            raise UserError(f"--local-epochs must be ≥ 1 (got {self.epochs})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--local-lr must be a positive number (got {self.lr})")
         if not 0 <= self.warmup < 1:
@@ -262,11 +268,12 @@ class ExportRequest:
             raise UserError(f"--pattern {self.pattern} is for causal LMs: prune an encoder with "
                             "--pattern structured (heads and FFN channels)")
         d, structured, local = self.encoder_defaults, self.structured, self.local
-        if "mode" in d:
-            structured = replace(structured, mode=d["mode"])
+        structured = replace(structured, **{k: d[k] for k in ("mode", "pricing") if k in d})
         if "reconstruct" in d:
             structured = replace(structured, reconstruct=closed_form(d["reconstruct"]))
             local = d["local"] if d["reconstruct"] in LOCAL_METHODS else None
+        if local is not None and "local_epochs" in d:
+            local = replace(local, epochs=d["local_epochs"])
         calib = replace(self.calib, samples=d.get("calib_samples", self.calib.samples),
                         seqlen=d.get("calib_seqlen", self.calib.seqlen))
         req = replace(self, structured=structured, local=local, calib=calib, encoder_defaults={})
