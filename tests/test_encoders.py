@@ -308,11 +308,11 @@ def test_gguf_export_is_uniform_ffn_only_and_verified(encoder_dir, text_file, tm
 
 
 def test_encoder_defaults_fill_only_unset_options():
-    from toolchain.recipe import ENCODER_DEFAULTS, CompressOptions, LocalOptions
+    from toolchain.recipe import ENCODER_DEFAULTS, CompressOptions
 
     unset = request_from_args(export_parser().parse_args(["m", "-o", "x"]))
     assert (unset.structured.mode, unset.calib.samples, unset.calib.seqlen, unset.local) == ("oneshot", 64, 256, None)
-    assert (unset.structured.pricing, LocalOptions.epochs) == (CompressOptions.pricing, 1)
+    assert unset.structured.pricing == CompressOptions.pricing  # encoder values only once the model is known
     enc = unset.for_encoder()
     assert enc.structured.mode == ENCODER_DEFAULTS["mode"] and enc.calib.samples == ENCODER_DEFAULTS["calib_samples"]
     assert enc.structured.pricing == ENCODER_DEFAULTS["pricing"] and enc.local.epochs == ENCODER_DEFAULTS["local_epochs"]

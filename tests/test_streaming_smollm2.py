@@ -40,6 +40,7 @@ RUNS = {  # the arguments each golden run was made with (besides --to hf); the d
 PERPLEXITY_LIMIT = {"s50-liar-local": 1e-3, "s50-sequential": 1e-4, "s50-unstructured-wanda": 1e-2}
 WEIGHT_LIMIT = {"s50-liar-local": 1e-2, "s50-unstructured-wanda": None}
 
+
 def _check(name: str, summary: dict) -> None:
     want = GOLDEN["runs"][name]
     ckpt = Path(summary["artifacts"]["hf"])

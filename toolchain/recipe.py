@@ -42,10 +42,11 @@ ONNX_QUANTS = ("none", "int8", "int4")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 # Sentence encoders get their own recipe: the options a command line leaves unset take these values
-# once the model turns out to be an encoder (ExportRequest.for_encoder). Measured on all-MiniLM-L6-v2
-# (benchmarks/encoder_table.py → results/encoders/minilm.md): one-shot statistics beat sequential ones,
-# pricing by estimated error beats scores, and local refinement over many short passages (three epochs)
-# is what lifts cosine to the dense embeddings above one-shot LIAR.
+# once the model turns out to be an encoder (ExportRequest.for_encoder). On all-MiniLM-L6-v2
+# (benchmarks/encoder_table.py → results/encoders/minilm.md) local refinement over many short passages
+# (three epochs) is what lifts cosine to the dense embeddings above one-shot LIAR; one-shot statistics and
+# pricing by estimated error were picked in quick sweeps against sequential statistics and score pricing
+# (not committed tables; the closing notes of issue 15 give the numbers).
 ENCODER_DEFAULTS = {"mode": "oneshot", "pricing": "error", "reconstruct": "liar+local", "local_epochs": 3,
                     "calib_samples": 2048, "calib_seqlen": 128}
 # `--recipe NAME`: named points on structured pruning's time / quality trade-off, measured on SmolLM2-135M
